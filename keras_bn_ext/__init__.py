@@ -1,0 +1,19 @@
+"""keras_bn_ext: a BatchNormalization for Keras 3 that explains itself."""
+
+from keras_bn_ext import debug
+from keras_bn_ext.branching import Branch
+from keras_bn_ext.branching import decide_branch
+from keras_bn_ext.debug import NeverUpdatedWarning
+from keras_bn_ext.debug import StatsRecord
+from keras_bn_ext.layers import BatchNormalization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNormalization",
+    "Branch",
+    "NeverUpdatedWarning",
+    "StatsRecord",
+    "debug",
+    "decide_branch",
+]

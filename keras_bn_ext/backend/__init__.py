@@ -1,0 +1,43 @@
+"""The few operations `keras.ops` cannot express, one small module per backend.
+
+The module is chosen once, at import time, from `keras.backend.backend()`.
+Each module exposes the same functions:
+
+- `moments(x, axes)`: numerically stable per-channel mean and biased variance,
+  or `None` to let `keras_bn_ext.statistics` use its portable shifted formula.
+- `host_callback(fn, payload)`: runs `fn(**numpy_payload)` on the host each time
+  the surrounding computation really executes (eager, jit, tf.function).
+- `host_value(variable)`: the variable's current value as NumPy, even while a
+  function is being traced; `None` where it cannot be read.
+- `callbacks_supported()`: `(ok, why_not)` for the current tracing context.
+- `all_reduce_sum(tensors)`: sums across replicas/processes for
+  `synchronized=True`; returns the tensors unchanged when not distributed.
+"""
+
+import keras
+
+_name = keras.backend.backend()
+if _name == "tensorflow":
+    from keras_bn_ext.backend import _tensorflow as ops_impl
+elif _name == "jax":
+    from keras_bn_ext.backend import _jax as ops_impl
+elif _name == "torch":
+    from keras_bn_ext.backend import _torch as ops_impl
+else:  # numpy / openvino: inference-only backends, no host callbacks needed.
+    from keras_bn_ext.backend import _numpy as ops_impl
+
+moments = ops_impl.moments
+host_callback = ops_impl.host_callback
+host_value = ops_impl.host_value
+callbacks_supported = ops_impl.callbacks_supported
+all_reduce_sum = ops_impl.all_reduce_sum
+flush = ops_impl.flush
+
+__all__ = [
+    "moments",
+    "host_callback",
+    "host_value",
+    "callbacks_supported",
+    "all_reduce_sum",
+    "flush",
+]

@@ -1,0 +1,52 @@
+"""PyTorch: fused stable moments (`torch.var_mean`) and direct callbacks."""
+
+import torch
+
+from keras_bn_ext.backend._common import is_shape_inference
+from keras_bn_ext.backend._common import to_numpy
+
+
+def moments(x, axes):
+    # Keras's torch backend computes E[x^2] - E[x]^2, which goes negative for
+    # large-mean float32 inputs. torch.var_mean is one fused, stable pass.
+    if x.numel() == 0:
+        shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
+        zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        return zeros, zeros
+    variance, mean = torch.var_mean(x, dim=axes, correction=0, keepdim=True)
+    return mean, variance
+
+
+def callbacks_supported():
+    if torch.compiler.is_compiling():
+        return False, "torch.compile cannot call back to Python without a graph break"
+    return True, ""
+
+
+def host_callback(fn, payload):
+    # Keras runs call() once on meta/dummy tensors to infer output shapes:
+    # that is not a real execution, so it makes no record.
+    if is_shape_inference():
+        return
+    fn(**to_numpy(payload, lambda t: t.detach().cpu().numpy()))
+
+
+def host_value(variable):
+    try:
+        return variable._value.detach().cpu().numpy()
+    except Exception:
+        return None
+
+
+def all_reduce_sum(tensors):
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    from torch.distributed.nn.functional import all_reduce
+
+    return [all_reduce(t) for t in tensors]
+
+
+def flush():
+    pass

@@ -1,0 +1,96 @@
+"""`layer.explain()`: the layer's state and what each kind of call would do."""
+
+import numpy as np
+
+from keras_bn_ext import backend as backend_ops
+from keras_bn_ext.branching import decide_branch
+
+
+def _summary(values, n=6):
+    values = np.asarray(values, dtype="float64").ravel()
+    if values.size <= n:
+        return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+    return (
+        f"{values.size} channels, min {values.min():.6g}, "
+        f"mean {values.mean():.6g}, max {values.max():.6g}"
+    )
+
+
+def explain(layer):
+    lines = [f"BatchNormalization layer {layer.name!r} (backend "
+             f"{_backend()}, mode={layer.mode!r}, trainable={layer.trainable}, "
+             f"momentum={layer.momentum}, epsilon={layer.epsilon:g})."]
+    if not layer.built:
+        lines.append("Not built yet: it has no moving statistics until it "
+                     "sees its first input.")
+        lines += _rules(layer)
+        return "\n".join(lines)
+
+    mean = backend_ops.host_value(layer.moving_mean)
+    var = backend_ops.host_value(layer.moving_variance)
+    counter = None
+    if layer.num_batches_tracked is not None:
+        counter = backend_ops.host_value(layer.num_batches_tracked)
+    fresh = layer._records.never_updated(mean, var, counter)
+    lines.append(f"Moving mean:     {_summary(mean)}")
+    lines.append(f"Moving variance: {_summary(var)}")
+    if counter is not None:
+        lines.append(f"Updated {int(counter):,} times.")
+    elif fresh:
+        lines.append("The moving statistics were never updated: they still "
+                     "hold their initial values.")
+    else:
+        lines.append("The moving statistics differ from their initial "
+                     "values, so they were updated (or assigned).")
+    extras = [name for name in ("debias", "unbiased_moving_variance")
+              if getattr(layer, name)]
+    if layer.momentum is None:
+        extras.append("cumulative average (momentum=None)")
+    if layer.virtual_batch_size:
+        extras.append(f"virtual batches of {layer.virtual_batch_size}")
+    if layer.renorm:
+        extras.append("batch renormalization")
+    if extras:
+        lines.append("Options: " + ", ".join(extras) + ".")
+    lines += _rules(layer)
+    lines.append("What predict() will do to an input now:")
+    lines.append("  " + _predict_effect(layer, mean, var, fresh))
+    return "\n".join(lines)
+
+
+def _rules(layer):
+    lines = ["Which statistics each kind of call uses:"]
+    cases = [
+        ("training=True (fit(), train_on_batch)", True, layer.trainable),
+        ("training=False (evaluate(), predict())", False, layer.trainable),
+        ("training=None (a direct call)", None, layer.trainable),
+    ]
+    if layer.trainable:
+        cases.append(("training=True with trainable=False (frozen)", True, False))
+    for label, training, trainable in cases:
+        decision = decide_branch(training, trainable, layer.mode)
+        lines.append(f"  - {label}: {decision.branch} statistics, "
+                     f"{'updates' if decision.update else 'no update'}. "
+                     f"{decision.reason}")
+    return lines
+
+
+def _predict_effect(layer, mean, var, fresh):
+    if layer.mode == "batch":
+        return ("mode='batch': each batch is normalized with its own "
+                "statistics; the moving statistics are not used.")
+    eps = layer.epsilon
+    if fresh and np.all(mean == 0) and np.all(var == 1):
+        return (f"y ≈ x / sqrt({1 + eps:g}) per channel (times gamma, plus "
+                "beta): the moving statistics are still at their initial "
+                "values 0 and 1, so the batch is NOT normalized. Train first "
+                "(fit() or training=True), or use mode='batch'.")
+    return (f"y = (x - moving_mean) / sqrt(moving_variance + {eps:g}) * gamma "
+            "+ beta, per channel, whatever the batch: the batch's own "
+            "statistics are not used.")
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()

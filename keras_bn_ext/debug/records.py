@@ -1,0 +1,241 @@
+"""`StatsRecord`: what one call of a layer did, built on the host."""
+
+import dataclasses
+import functools
+import itertools
+import logging
+import warnings
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import initializers
+from keras import ops
+
+from keras_bn_ext import backend as backend_ops
+from keras_bn_ext.debug import registry
+
+logger = logging.getLogger("keras_bn_ext")
+_record_index = itertools.count()
+
+
+class NeverUpdatedWarning(UserWarning):
+    """Inference ran on moving statistics that were never updated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsRecord:
+    """One real execution of a `BatchNormalization` layer.
+
+    Attributes:
+        layer: the layer's name.
+        branch: `"batch"` (this batch's statistics) or `"moving"`.
+        reason: why that branch, in a sentence.
+        training: the `training` argument the call received.
+        mean, variance: the statistics used to normalize (NumPy; shape
+            `(G, C)` with `G` virtual batches).
+        moving_mean, moving_variance: the moving statistics after the call.
+        updated: whether the moving statistics were updated.
+        count: elements reduced per channel (batch branch), else None.
+        flags: e.g. "never_updated", "nonfinite", "empty_batch",
+            "empty_channel", "tiny_variance", "update_skipped".
+        backend: the Keras backend.
+        index: a running index over all records of the process.
+        num_batches_tracked: the update counter after the call, if the layer
+            keeps one.
+    """
+
+    layer: str
+    branch: str
+    reason: str
+    training: Optional[bool]
+    mean: np.ndarray
+    variance: np.ndarray
+    moving_mean: np.ndarray
+    moving_variance: np.ndarray
+    updated: bool
+    count: Optional[object]
+    flags: tuple
+    backend: str
+    index: int
+    num_batches_tracked: Optional[int] = None
+
+    def __str__(self):
+        flags = ",".join(self.flags) or "-"
+        count = "" if self.count is None else f" count={_short(self.count)}"
+        return (
+            f"#{self.index} {self.layer}: {self.branch} statistics "
+            f"(training={self.training}){count} mean={_short(self.mean)} "
+            f"var={_short(self.variance)} updated={self.updated} "
+            f"flags={flags} | {self.reason}"
+        )
+
+
+def _short(array, n=4):
+    array = np.asarray(array)
+    if array.ndim == 0:
+        return f"{array.item():.6g}"
+    flat = array.ravel()
+    text = " ".join(f"{v:.4g}" for v in flat[:n])
+    return f"[{text}{' ...' if flat.size > n else ''}]"
+
+
+def _constant_value(initializer, shape):
+    """The values a deterministic initializer gives, else None."""
+    if isinstance(initializer, (initializers.Zeros, initializers.Ones,
+                                initializers.Constant)):
+        return np.asarray(ops.convert_to_numpy(initializer(shape, "float32")))
+    return None
+
+
+class RecordBuilder:
+    """Turns one traced call into a host callback that makes a record."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.warned_never_updated = False
+        self.warned_no_callbacks = False
+
+    # Fresh-statistics detection ----------------------------------------------
+
+    @functools.cached_property
+    def initial_statistics(self):
+        shape = self.layer._param_shape
+        return (
+            _constant_value(self.layer.moving_mean_initializer, shape),
+            _constant_value(self.layer.moving_variance_initializer, shape),
+        )
+
+    def never_updated(self, moving_mean, moving_variance, num_batches_tracked=None):
+        """Whether moving statistics still hold their initial values."""
+        if num_batches_tracked is not None:
+            return int(num_batches_tracked) == 0
+        init_mean, init_var = self.initial_statistics
+        if init_mean is None or init_var is None or moving_mean is None:
+            return False
+        return bool(
+            np.array_equal(np.asarray(moving_mean, "float32"), init_mean)
+            and np.array_equal(np.asarray(moving_variance, "float32"), init_var)
+        )
+
+    def never_updated_now(self):
+        layer = self.layer
+        counter = None
+        if layer.num_batches_tracked is not None:
+            counter = backend_ops.host_value(layer.num_batches_tracked)
+            if counter is None:
+                return False
+        return self.never_updated(
+            backend_ops.host_value(layer.moving_mean),
+            backend_ops.host_value(layer.moving_variance),
+            counter,
+        )
+
+    def never_updated_message(self):
+        eps = self.layer.epsilon
+        return (
+            f"BatchNormalization layer {self.layer.name!r} normalized with its "
+            "moving statistics, which were never updated (still their initial "
+            "values, e.g. mean 0 and variance 1): the output is about "
+            f"x / sqrt(1 + {eps:g}), not a normalized batch. Inference "
+            "(predict(), evaluate(), training=False/None) uses the moving "
+            "statistics; they change only in training mode. Train with fit() "
+            "(or call with training=True) first, or use mode='batch' to always "
+            "normalize with the batch's statistics. See layer.explain()."
+        )
+
+    # Emitting ----------------------------------------------------------------
+
+    def emit(self, decision, training, mean, variance, batch, updated):
+        """Adds a host callback that builds a record each time this runs."""
+        ok, why_not = backend_ops.callbacks_supported()
+        if not ok:
+            if not self.warned_no_callbacks:
+                self.warned_no_callbacks = True
+                message = (
+                    f"keras_bn_ext: no debug records from layer "
+                    f"{self.layer.name!r} here: {why_not}. Compile with "
+                    "jit_compile=False, or call "
+                    "keras_bn_ext.debug.retrace(model) (debug.capture(model) "
+                    "does it for you) before fit/evaluate/predict."
+                )
+                warnings.warn(message, RuntimeWarning, stacklevel=4)
+                logger.warning(message)
+            return
+        layer = self.layer
+        dtype = mean.dtype
+        if updated is None:
+            updated = {
+                "moving_mean": ops.cast(layer.moving_mean, dtype),
+                "moving_variance": ops.cast(layer.moving_variance, dtype),
+                "updated": ops.convert_to_tensor(False),
+            }
+        payload = {
+            "mean": mean,
+            "variance": variance,
+            "moving_mean": updated["moving_mean"],
+            "moving_variance": updated["moving_variance"],
+            "updated": updated["updated"],
+        }
+        if batch is not None:
+            payload["count"] = ops.cast(batch.count, "float32")
+        if layer.num_batches_tracked is not None:
+            payload["num_batches_tracked"] = ops.convert_to_tensor(
+                layer.num_batches_tracked
+            )
+        static = dict(
+            layer=layer.name,
+            branch=str(decision.branch),
+            reason=decision.reason,
+            training=training if isinstance(training, (bool, type(None))) else bool(training),
+            wants_update=decision.update,
+        )
+        backend_ops.host_callback(functools.partial(self.on_host, static), payload)
+
+    def on_host(self, static, mean, variance, moving_mean, moving_variance,
+                updated, count=None, num_batches_tracked=None):
+        layer = self.layer
+        flags = []
+        if static["branch"] == "moving" and self.never_updated(
+            moving_mean, moving_variance, num_batches_tracked
+        ):
+            flags.append("never_updated")
+        if count is not None:
+            count = np.asarray(count)
+            if np.all(count == 0):
+                flags.append("empty_batch")
+            elif np.any(count == 0):
+                flags.append("empty_channel")
+            if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
+                flags.append("nonfinite")
+            count = int(count) if count.ndim == 0 else count.astype(int)
+        if np.any(np.asarray(variance) < layer.epsilon):
+            flags.append("tiny_variance")
+        updated = bool(updated)
+        if static["wants_update"] and not updated:
+            flags.append("update_skipped")
+        record = StatsRecord(
+            layer=static["layer"],
+            branch=static["branch"],
+            reason=static["reason"],
+            training=static["training"],
+            mean=np.asarray(mean),
+            variance=np.asarray(variance),
+            moving_mean=np.asarray(moving_mean),
+            moving_variance=np.asarray(moving_variance),
+            updated=updated,
+            count=count,
+            flags=tuple(flags),
+            backend=keras.backend.backend(),
+            index=next(_record_index),
+            num_batches_tracked=None if num_batches_tracked is None
+            else int(num_batches_tracked),
+        )
+        if layer.debug:
+            logger.info("%s", record)
+        if "never_updated" in flags and not self.warned_never_updated:
+            self.warned_never_updated = True
+            layer._checked_fresh_statistics = True
+            message = self.never_updated_message()
+            warnings.warn(message, NeverUpdatedWarning, stacklevel=2)
+        registry.dispatch(record, layer._hooks)

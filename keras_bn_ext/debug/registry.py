@@ -1,0 +1,151 @@
+"""Hook registry and capture: who receives the records."""
+
+import contextlib
+import itertools
+import logging
+
+import keras
+
+logger = logging.getLogger("keras_bn_ext")
+
+_global_hooks = {}
+_captures = []
+_hook_ids = itertools.count()
+
+
+class HookHandle:
+    """Returned by `add_hook`/`add_debug_hook`; `.remove()` detaches it."""
+
+    def __init__(self, hooks, key):
+        self._hooks = hooks
+        self._key = key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def add_hook_to(hooks, fn):
+    if not callable(fn):
+        raise ValueError(f"A debug hook must be callable. Received: fn={fn!r}")
+    key = next(_hook_ids)
+    hooks[key] = fn
+    return HookHandle(hooks, key)
+
+
+def add_hook(fn):
+    """Calls `fn(record)` for every call of every keras_bn_ext layer.
+
+    Example:
+
+    >>> import numpy as np, keras_bn_ext
+    >>> seen = []
+    >>> handle = keras_bn_ext.debug.add_hook(seen.append)
+    >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
+    >>> seen[-1].branch
+    'batch'
+    >>> handle.remove()
+    """
+    return add_hook_to(_global_hooks, fn)
+
+
+def is_active():
+    """Whether any global hook or capture is active (trace-time check)."""
+    return bool(_global_hooks or _captures)
+
+
+def dispatch(record, layer_hooks):
+    """Sends a record to the layer's hooks, the global hooks and captures.
+
+    A hook that raises is logged with its name; the others still run and the
+    layer's state is untouched (the update already happened on device).
+    """
+    for fn in list(layer_hooks.values()) + list(_global_hooks.values()):
+        try:
+            fn(record)
+        except Exception:
+            logger.exception(
+                "keras_bn_ext debug hook %s raised on a record of layer %r; "
+                "the layer and the other hooks are unaffected.",
+                getattr(fn, "__qualname__", repr(fn)),
+                record.layer,
+            )
+    for records in _captures:
+        records.append(record)
+
+
+@contextlib.contextmanager
+def capture(model=None):
+    """Yields the list of `StatsRecord`s made while the block runs.
+
+    Args:
+        model: optional Keras model whose compiled functions are retraced on
+            entry and exit (see `retrace`), so that `fit`/`evaluate`/`predict`
+            compiled before the block make records inside it.
+
+    Example:
+
+    >>> import numpy as np, keras_bn_ext
+    >>> layer = keras_bn_ext.BatchNormalization()
+    >>> with keras_bn_ext.debug.capture() as records:
+    ...     _ = layer(np.ones((4, 2)), training=True)
+    >>> [r.branch for r in records], records[0].count
+    (['batch'], 4)
+    """
+    from keras_bn_ext import backend as backend_ops
+
+    records = []
+    _captures.append(records)
+    if model is not None:
+        retrace(model)
+    try:
+        yield records
+    finally:
+        backend_ops.flush()
+        _captures.remove(records)
+        if model is not None:
+            retrace(model)
+
+
+def _our_layers(model):
+    from keras_bn_ext.layers import BatchNormalization
+
+    return [l for l in model._flatten_layers() if isinstance(l, BatchNormalization)]
+
+
+def retrace(model):
+    """Drops a model's compiled train/test/predict functions.
+
+    Hooks are compiled in when a function is traced, so switching debugging
+    on (or off) after `fit`/`predict` already ran needs a retrace: the next
+    `fit`/`evaluate`/`predict` traces again and picks up the current hooks.
+    On TensorFlow, XLA (`jit_compile=True`) cannot call back to Python, so
+    while a layer is debugging the model runs as a plain `tf.function`; the
+    XLA setting comes back when debugging is off again.
+
+    Returns:
+        The model.
+    """
+    for name in ("train_function", "test_function", "predict_function"):
+        if hasattr(model, name):
+            setattr(model, name, None)
+    if keras.backend.backend() == "tensorflow" and hasattr(model, "_jit_compile"):
+        debugging = any(layer.debugging for layer in _our_layers(model))
+        saved = getattr(model, "_keras_bn_ext_saved_jit_compile", None)
+        if debugging and model._jit_compile:
+            model._keras_bn_ext_saved_jit_compile = model._jit_compile
+            model._jit_compile = False
+            logger.info(
+                "keras_bn_ext: model %r runs without XLA while debugging "
+                "(TensorFlow cannot call back to Python from XLA).",
+                model.name,
+            )
+        elif not debugging and saved is not None:
+            model._jit_compile = saved
+            model._keras_bn_ext_saved_jit_compile = None
+    return model

@@ -1,0 +1,579 @@
+"""`keras_bn_ext.BatchNormalization`: Keras's layer, correct everywhere, and
+able to say which statistics each call used and why."""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_bn_ext import backend as backend_ops
+from keras_bn_ext import statistics
+from keras_bn_ext.branching import MODES
+from keras_bn_ext.branching import Branch
+from keras_bn_ext.branching import decide_branch
+from keras_bn_ext.layers.arguments import _broadcastable
+from keras_bn_ext.layers.arguments import _check_axis
+from keras_bn_ext.layers.arguments import _check_combinations
+from keras_bn_ext.layers.arguments import _check_epsilon
+from keras_bn_ext.layers.arguments import _check_momentum
+from keras_bn_ext.layers.arguments import _check_renorm_clipping
+from keras_bn_ext.layers.arguments import _check_virtual_batch_size
+from keras_bn_ext.layers.arguments import _resolve_axes
+from keras_bn_ext.debug import registry
+from keras_bn_ext.debug.records import NeverUpdatedWarning
+from keras_bn_ext.debug.records import RecordBuilder
+
+# Extension arguments and their defaults; `get_config` writes only the ones a
+# user changed, so a default layer's config is exactly Keras's.
+EXTENSION_DEFAULTS = {
+    "mode": "auto",
+    "skip_nonfinite_updates": True,
+    "unbiased_moving_variance": False,
+    "debias": False,
+    "virtual_batch_size": None,
+    "track_updates": False,
+    "debug": False,
+}
+
+
+def _clone_initializer(initializer):
+    # A fresh copy so a seeded random initializer gives the same values again.
+    if isinstance(initializer, initializers.Initializer):
+        return initializer.__class__.from_config(initializer.get_config())
+    return initializer
+
+
+@keras.saving.register_keras_serializable(package="keras_bn_ext")
+class BatchNormalization(keras.layers.Layer):
+    """Batch normalization that explains itself; a drop-in for Keras's layer.
+
+    Same arguments, defaults, variables (names, shapes, order) and results as
+    `keras.layers.BatchNormalization`, on TensorFlow, JAX and PyTorch, plus:
+    a stable variance on every backend, exact masks on any axis, moving
+    statistics that empty, fully masked or non-finite batches never corrupt,
+    and debug records saying which statistics each call used and why.
+
+    During training (`fit()`, or `training=True`) it normalizes with the
+    batch's mean and variance and updates the moving statistics:
+    `moving = moving * momentum + batch * (1 - momentum)`. During inference
+    (`predict()`, `evaluate()`, `training=False` or the default
+    `training=None`) it normalizes with the moving statistics. They start at
+    mean 0 and variance 1, so an untrained layer returns
+    `x / sqrt(1 + epsilon)`: the layer warns when that happens
+    (`NeverUpdatedWarning`) and `layer.explain()` says so.
+
+    Args:
+        axis: Integer or list of integers, the channel axis (or axes) to keep.
+            After a `Conv2D` with `data_format="channels_first"` use `axis=1`.
+        momentum: Momentum of the moving averages, in [0, 1] (weight of the
+            old value). `None`: a cumulative average over all training
+            batches so far (PyTorch's `momentum=None`).
+        epsilon: Small float > 0 added to the variance.
+        center: If `True`, add the offset `beta`.
+        scale: If `True`, multiply by `gamma`.
+        beta_initializer: Initializer for `beta`.
+        gamma_initializer: Initializer for `gamma`.
+        moving_mean_initializer: Initializer for the moving mean.
+        moving_variance_initializer: Initializer for the moving variance.
+        beta_regularizer: Optional regularizer for `beta`.
+        gamma_regularizer: Optional regularizer for `gamma`.
+        beta_constraint: Optional constraint for `beta`.
+        gamma_constraint: Optional constraint for `gamma`.
+        renorm: Whether to use Batch Renormalization (adds `moving_stddev`,
+            `renorm_mean`, `renorm_stddev`, as Keras does).
+        renorm_clipping: Dict with optional keys `"rmax"`, `"rmin"`, `"dmax"`
+            clipping the renorm correction `(r, d)`.
+        renorm_momentum: Momentum of the renorm moving averages.
+        synchronized: Compute the batch statistics over all replicas (a TF
+            distribution strategy, `torch.distributed`; under JAX sharding
+            reductions are global already).
+        mode: `"auto"` (Keras's rule), `"moving"` (always the moving
+            statistics and never update: frozen BN for fine-tuning) or
+            `"batch"` (always this batch's statistics, in `predict()` too).
+        skip_nonfinite_updates: If `True` (default), a batch whose statistics
+            are not finite does not update the moving statistics (its output
+            still carries the NaN, so you see it).
+        unbiased_moving_variance: PyTorch's convention: normalize with the
+            biased batch variance, store `n / (n - 1)` times it.
+        debias: Debiased moving averages: exact after one training step, for
+            any initial value.
+        virtual_batch_size: Ghost batch normalization: statistics per virtual
+            batch of this many samples (must divide the batch size).
+        track_updates: Keep an update counter variable `num_batches_tracked`
+            (created anyway when `momentum=None` or `debias=True`).
+        debug: If `True`, log one line per call on the `"keras_bn_ext"`
+            logger (and make records for hooks).
+        **kwargs: Base layer keyword arguments (e.g. `name` and `dtype`).
+
+    Call arguments:
+        inputs: Input tensor of any rank (integers accepted).
+        training: `True` (batch statistics, update), `False` or `None`
+            (moving statistics).
+        mask: Boolean tensor, `True` where an element counts for the
+            statistics. Either the shape of `inputs` without the channel
+            axis (the natural mask for any `axis`), Keras's convention
+            `inputs.shape[:-1]`, or the full rank of `inputs`; broadcastable.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_bn_ext
+    >>> layer = keras_bn_ext.BatchNormalization(axis=1)
+    >>> x = np.arange(4, dtype="float32").reshape((2, 2))
+    >>> np.round(keras.ops.convert_to_numpy(layer(x, training=True)), 3)
+    array([[-0.999, -0.999],
+           [ 0.999,  0.999]], dtype=float32)
+
+    Reference:
+        - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
+        - [Ioffe, 2017 (Batch Renormalization)](https://arxiv.org/abs/1702.03275).
+        - [Hoffer et al., 2017 (ghost batches)](https://arxiv.org/abs/1705.08741).
+    """
+
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        renorm=False,
+        renorm_clipping=None,
+        renorm_momentum=0.99,
+        synchronized=False,
+        mode="auto",
+        skip_nonfinite_updates=True,
+        unbiased_moving_variance=False,
+        debias=False,
+        virtual_batch_size=None,
+        track_updates=False,
+        debug=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.axis = _check_axis(axis)
+        self.momentum = _check_momentum(momentum, "momentum", allow_none=True)
+        self.epsilon = _check_epsilon(epsilon)
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(
+            moving_variance_initializer
+        )
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.renorm = bool(renorm)
+        self.renorm_clipping = _check_renorm_clipping(renorm, renorm_clipping)
+        self.renorm_momentum = _check_momentum(renorm_momentum, "renorm_momentum")
+        self.synchronized = bool(synchronized)
+        if mode not in MODES:
+            raise ValueError(
+                f"`mode` must be one of {MODES}. Received: mode={mode!r}"
+            )
+        self.mode = mode
+        self.skip_nonfinite_updates = bool(skip_nonfinite_updates)
+        self.unbiased_moving_variance = bool(unbiased_moving_variance)
+        self.debias = bool(debias)
+        self.virtual_batch_size = _check_virtual_batch_size(virtual_batch_size)
+        self.track_updates = bool(track_updates)
+        self.debug = bool(debug)
+        _check_combinations(self)
+        self.supports_masking = True
+
+        self.gamma = None
+        self.beta = None
+        self.moving_mean = None
+        self.moving_variance = None
+        self.num_batches_tracked = None
+        self._channel_axes = None
+        self._reduction_axes = None
+        self._param_shape = None
+        self._hooks = {}
+        self._checked_fresh_statistics = False
+        self._records = RecordBuilder(self)
+
+    # Layer.__init__ assigns `supports_jit`; a property lets TensorFlow's
+    # `jit_compile="auto"` pick graph mode (host callbacks work) while
+    # debugging is on, and XLA otherwise.
+    @property
+    def supports_jit(self):
+        if keras.backend.backend() == "tensorflow" and self.debugging:
+            return False
+        return self._supports_jit
+
+    @supports_jit.setter
+    def supports_jit(self, value):
+        self._supports_jit = value
+
+    @property
+    def debugging(self):
+        """Whether calls traced now make debug records."""
+        return bool(self.debug or self._hooks or registry.is_active())
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        channel_axes = _resolve_axes(self.axis, ndim)
+        for a in channel_axes:
+            if input_shape[a] is None:
+                raise ValueError(
+                    "BatchNormalization needs a defined channel dimension. "
+                    f"Received: input_shape={tuple(input_shape)}, axis={self.axis}"
+                )
+        if self.virtual_batch_size is not None and 0 in channel_axes:
+            raise ValueError(
+                "`virtual_batch_size` splits the batch axis, which cannot be a "
+                f"channel axis. Received: axis={self.axis}, "
+                f"virtual_batch_size={self.virtual_batch_size}"
+            )
+        shape = tuple(input_shape[a] for a in channel_axes)
+        self._channel_axes = channel_axes
+        self._reduction_axes = [i for i in range(ndim) if i not in channel_axes]
+        self._param_shape = shape
+
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        self.moving_mean = self._statistic_weight(
+            "moving_mean", self.moving_mean_initializer
+        )
+        self.moving_variance = self._statistic_weight(
+            "moving_variance", self.moving_variance_initializer
+        )
+        if self.renorm:
+            # As Keras: renorm tracks the inference moving stddev (initialized
+            # as the sqrt of the variance initializer) and two renorm averages.
+            def stddev_initializer(shape, dtype=None):
+                cloned = _clone_initializer(self.moving_variance_initializer)
+                return ops.sqrt(cloned(shape, dtype=dtype))
+
+            self.moving_stddev = self._statistic_weight(
+                "moving_stddev", stddev_initializer
+            )
+            self.renorm_mean = self._statistic_weight(
+                "renorm_mean", _clone_initializer(self.moving_mean_initializer)
+            )
+            self.renorm_stddev = self._statistic_weight(
+                "renorm_stddev", stddev_initializer
+            )
+        if self.needs_update_counter:
+            self.num_batches_tracked = self.add_weight(
+                shape=(),
+                name="num_batches_tracked",
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
+                autocast=False,
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=ndim, axes={a: input_shape[a] for a in channel_axes}
+        )
+
+    @property
+    def needs_update_counter(self):
+        return self.track_updates or self.momentum is None or self.debias
+
+    def compute_output_shape(self, input_shape):
+        _resolve_axes(self.axis, len(input_shape))
+        return input_shape
+
+    def call(self, inputs, training=None, mask=None):
+        decision = decide_branch(training, self.trainable, self.mode)
+        x = ops.cast(inputs, self._statistics_dtype(inputs))
+        mask = self._standardize_mask(mask, x)
+        moving_mean = ops.cast(self.moving_mean, x.dtype)
+        moving_variance = ops.cast(self.moving_variance, x.dtype)
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        self._warn_if_fresh_statistics(decision)
+
+        batch = None
+        if decision.branch is Branch.MOVING:
+            mean, variance = moving_mean, moving_variance
+        elif self.virtual_batch_size:
+            batch, x, axes = self._ghost_statistics(x, mask)
+            mean, variance = batch.mean, batch.variance
+        else:
+            batch = statistics.batch_statistics(
+                x, self._reduction_axes, self._param_shape, mask,
+                self.synchronized, self.skip_nonfinite_updates,
+            )
+            mean, variance = self._fill_empty_channels(batch, moving_mean, moving_variance)
+
+        if self.renorm and decision.branch is Branch.BATCH:
+            gamma, beta = self._renorm_transform(mean, variance, gamma, beta, x.dtype)
+
+        if decision.update:
+            updated = self._update_moving_statistics(batch, x.dtype)
+        else:
+            updated = None
+
+        outputs = self._normalize(inputs=x, mean=mean, variance=variance,
+                                  gamma=gamma, beta=beta)
+        if self.virtual_batch_size and batch is not None:
+            outputs = ops.reshape(outputs, ops.shape(inputs))
+        if self.debugging:
+            self._records.emit(decision, training, mean, variance, batch, updated)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        base_config = super().get_config()
+        config = {
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": initializers.serialize(
+                self.moving_mean_initializer
+            ),
+            "moving_variance_initializer": initializers.serialize(
+                self.moving_variance_initializer
+            ),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            "synchronized": self.synchronized,
+            "renorm": self.renorm,
+            "renorm_clipping": self.renorm_clipping,
+            "renorm_momentum": self.renorm_momentum,
+        }
+        for name, default in EXTENSION_DEFAULTS.items():
+            if getattr(self, name) != default:
+                config[name] = getattr(self, name)
+        return {**base_config, **config}
+
+    # Debugging API -----------------------------------------------------------
+
+    def add_debug_hook(self, fn):
+        """Calls `fn(record)` with a `StatsRecord` after every real call.
+
+        Hooks are compiled in when a function is traced: to get records from
+        a model that `fit`/`predict` already compiled, call
+        `keras_bn_ext.debug.retrace(model)` (or use `debug.capture(model)`).
+
+        Returns:
+            A handle whose `.remove()` detaches the hook.
+        """
+        return registry.add_hook_to(self._hooks, fn)
+
+    def explain(self):
+        """A text saying what each kind of call would use now, and why."""
+        from keras_bn_ext.debug.explain import explain
+
+        return explain(self)
+
+    # Private helpers ---------------------------------------------------------
+
+    def _statistic_weight(self, name, initializer):
+        return self.add_weight(
+            shape=self._param_shape,
+            name=name,
+            initializer=initializer,
+            trainable=False,
+            autocast=False,
+        )
+
+    def _statistics_dtype(self, inputs):
+        # BN is prone to overflow with float16/bfloat16 inputs, so statistics
+        # are computed in (at least) float32; integer inputs become float32.
+        return keras.backend.result_type(inputs.dtype, "float32")
+
+    def _broadcast_shape(self, x):
+        return [
+            x.shape[i] if i in self._channel_axes else 1
+            for i in range(len(x.shape))
+        ]
+
+    def _standardize_mask(self, mask, x):
+        """A boolean mask broadcastable to `x`, or None; validates its shape."""
+        if mask is None:
+            return None
+        ndim = len(x.shape)
+        mask_shape = tuple(mask.shape)
+        candidates = []
+        if len(mask_shape) == ndim:
+            candidates.append(mask_shape)
+        elif len(mask_shape) == ndim - len(self._channel_axes):
+            # The natural mask: inputs' shape without the channel axes.
+            natural = list(mask_shape)
+            for a in self._channel_axes:
+                natural.insert(a, 1)
+            candidates.append(tuple(natural))
+            if len(self._channel_axes) == 1:
+                # Keras's convention: the mask covers inputs.shape[:-1].
+                candidates.append(mask_shape + (1,))
+        for shape in candidates:
+            if _broadcastable(shape, x.shape):
+                return ops.reshape(ops.cast(mask, "bool"), shape)
+        raise ValueError(
+            "The mask must be broadcastable to the inputs without their "
+            f"channel axis (axis={self.axis}), or have the inputs' rank. "
+            f"Received: mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
+        )
+
+    def _ghost_statistics(self, x, mask):
+        k = self.virtual_batch_size
+        batch_size = x.shape[0]
+        if batch_size is not None and batch_size % k != 0:
+            raise ValueError(
+                "`virtual_batch_size` must divide the batch size. Received: "
+                f"virtual_batch_size={k}, batch size={batch_size}"
+            )
+        batch, grouped, axes = statistics.ghost_statistics(
+            x, self._reduction_axes, self._param_shape, k, mask,
+            self.skip_nonfinite_updates,
+        )
+        return batch, grouped, axes
+
+    def _fill_empty_channels(self, batch, moving_mean, moving_variance):
+        """Channels with no unmasked element normalize with the moving
+        statistics, so a fully masked channel gives finite outputs."""
+        if self.synchronized or len(batch.count.shape) == 0:
+            return batch.mean, batch.variance
+        has_data = batch.count > 0
+        return (
+            ops.where(has_data, batch.mean, moving_mean),
+            ops.where(has_data, batch.variance, moving_variance),
+        )
+
+    def _renorm_transform(self, mean, variance, gamma, beta, dtype):
+        r, d = statistics.renorm_corrections(
+            mean, variance,
+            ops.cast(self.renorm_mean, dtype), ops.cast(self.renorm_stddev, dtype),
+            self.epsilon, self.renorm_clipping,
+        )
+        # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
+        new_gamma = r if gamma is None else r * gamma
+        new_beta = d if gamma is None else d * gamma
+        if beta is not None:
+            new_beta = new_beta + beta
+        return new_gamma, new_beta
+
+    def _update_moving_statistics(self, batch, dtype):
+        """Assigns the new moving statistics where the batch is valid.
+
+        Returns the moving mean and variance after the update and whether any
+        channel was updated, for the debug record.
+        """
+        mean, variance, count, valid = batch
+        if self.virtual_batch_size:
+            # The moving statistics follow the average of the virtual batches.
+            valid = ops.all(valid, axis=0)
+            mean = ops.mean(mean, axis=0)
+            variance = ops.mean(variance, axis=0)
+            count = ops.min(count, axis=0) if len(count.shape) else count
+        if self.unbiased_moving_variance:
+            # PyTorch stores n/(n-1) times the biased variance; n=1 skips.
+            valid = ops.logical_and(valid, count > 1)
+            variance = variance * count / ops.maximum(count - 1.0, 1.0)
+
+        step = None
+        if self.num_batches_tracked is not None:
+            step = ops.cast(self.num_batches_tracked, dtype) + 1.0
+        weight = statistics.update_weight(self.momentum, self.debias, step)
+        if self.renorm:
+            new_values = self._renorm_updates(mean, variance, dtype)
+        else:
+            new_values = {
+                "moving_mean": statistics.moving_average(
+                    ops.cast(self.moving_mean, dtype), mean, self.momentum, weight
+                ),
+                "moving_variance": statistics.moving_average(
+                    ops.cast(self.moving_variance, dtype), variance,
+                    self.momentum, weight,
+                ),
+            }
+        after = {}
+        for name, value in new_values.items():
+            variable = getattr(self, name)
+            value = ops.where(valid, value, ops.cast(variable, dtype))
+            variable.assign(value)
+            after[name] = value
+        any_valid = ops.any(valid)
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked.assign(
+                self.num_batches_tracked + ops.cast(any_valid, "int32")
+            )
+        return {
+            "moving_mean": after["moving_mean"],
+            "moving_variance": after["moving_variance"],
+            "updated": any_valid,
+        }
+
+    def _renorm_updates(self, mean, variance, dtype):
+        stddev = ops.sqrt(variance + self.epsilon)
+        rm = self.renorm_momentum
+        m = self.momentum
+        new_moving_stddev = ops.cast(self.moving_stddev, dtype) * m + stddev * (1.0 - m)
+        return {
+            "renorm_mean": ops.cast(self.renorm_mean, dtype) * rm + mean * (1.0 - rm),
+            "renorm_stddev": ops.cast(self.renorm_stddev, dtype) * rm
+            + stddev * (1.0 - rm),
+            "moving_mean": ops.cast(self.moving_mean, dtype) * m + mean * (1.0 - m),
+            "moving_stddev": new_moving_stddev,
+            # ReLU in case rounding makes it slightly negative.
+            "moving_variance": ops.relu(
+                new_moving_stddev * new_moving_stddev - self.epsilon
+            ),
+        }
+
+    def _normalize(self, inputs, mean, variance, gamma, beta):
+        scale, offset = statistics.scale_and_offset(
+            mean, variance, gamma, beta, self.epsilon
+        )
+        if len(mean.shape) > len(self._param_shape):  # ghost: (G,) + param
+            shape = [-1] + self._broadcast_shape(inputs)[1:]
+            shape[1] = 1
+        else:
+            shape = self._broadcast_shape(inputs)
+        return inputs * ops.reshape(scale, shape) + ops.reshape(offset, shape)
+
+    def _warn_if_fresh_statistics(self, decision):
+        """Once per layer, on the first call (or trace) that normalizes with
+        the moving statistics: warn if they were never updated (the seed
+        question). Costs one host read, once; nothing per step. While
+        debugging, the records check every real execution instead."""
+        if self._checked_fresh_statistics or decision.branch is not Branch.MOVING:
+            return
+        if self.debugging:
+            return
+        self._checked_fresh_statistics = True
+        if self._records.never_updated_now() and not self._records.warned_never_updated:
+            self._records.warned_never_updated = True
+            warnings.warn(self._records.never_updated_message(),
+                          NeverUpdatedWarning, stacklevel=3)
