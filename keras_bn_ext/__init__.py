@@ -1,11 +1,16 @@
 """keras_bn_ext: a BatchNormalization for Keras 3 that explains itself."""
 
+from keras_bn_ext import callbacks
 from keras_bn_ext import debug
+from keras_bn_ext import interop
 from keras_bn_ext.branching import Branch
 from keras_bn_ext.branching import decide_branch
 from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.debug import StatsRecord
+from keras_bn_ext.interop import convert_model
 from keras_bn_ext.layers import BatchNormalization
+from keras_bn_ext.tools import recalibrate
+from keras_bn_ext.tools import report
 
 __version__ = "0.1.0"
 
@@ -14,6 +19,11 @@ __all__ = [
     "Branch",
     "NeverUpdatedWarning",
     "StatsRecord",
+    "callbacks",
+    "convert_model",
     "debug",
     "decide_branch",
+    "interop",
+    "recalibrate",
+    "report",
 ]

@@ -1,0 +1,78 @@
+"""Command line: `keras-bn-ext demo | inspect MODEL.keras [--backend NAME]`.
+
+The backend must be chosen before Keras is imported, so this module imports
+nothing from Keras at the top.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-bn-ext",
+        description="keras_bn_ext: a BatchNormalization that explains itself.",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        help="Keras backend (default: $KERAS_BACKEND, else Keras's default).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="Reproduce and explain the seed question (predict() on a "
+        "fresh BatchNormalization returns x / sqrt(1 + epsilon))."
+    )
+    demo.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    inspect = commands.add_parser(
+        "inspect", help="Report every BatchNormalization layer of a saved "
+        ".keras model file."
+    )
+    inspect.add_argument("path", help="a .keras model file")
+    inspect.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.command == "demo":
+        from keras_bn_ext.demo import run_demo
+
+        run_demo()
+        return 0
+    if args.command == "inspect":
+        return _inspect(args.path)
+    parser.print_help()
+    return 2
+
+
+def _inspect(path):
+    if not os.path.exists(path):
+        print(f"keras-bn-ext: error: no such file: {path}", file=sys.stderr)
+        return 1
+    import keras
+
+    import keras_bn_ext  # registers the layer for deserialization
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(
+            f"keras-bn-ext: error: {path} is not a loadable Keras model: "
+            f"{first_line}",
+            file=sys.stderr,
+        )
+        return 1
+    print(keras_bn_ext.report(model))
+    return 0

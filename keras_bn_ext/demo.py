@@ -1,0 +1,99 @@
+"""The seed question, answered by the layer itself.
+
+A user builds the smallest model, calls `predict()` on [[0, 1], [2, 3]] and
+expects [[-1, -1], [1, 1]]; Keras returns the input divided by
+sqrt(1 + epsilon). This demo shows why, from the layer's own records.
+"""
+
+import numpy as np
+
+
+def _rule(title):
+    print()
+    print(f"--- {title} " + "-" * max(0, 66 - len(title)))
+
+
+def run_demo():
+    import keras
+
+    import keras_bn_ext
+    from keras_bn_ext import debug
+
+    np.set_printoptions(precision=4, suppress=True)
+    print(f"keras_bn_ext demo on the {keras.backend.backend()} backend "
+          f"(Keras {keras.__version__})")
+
+    _rule("1. The seed question")
+    print("X_input = keras.Input((2,))")
+    print("X = keras_bn_ext.BatchNormalization(axis=1)(X_input)")
+    print("model1 = keras.Model(inputs=X_input, outputs=X)")
+    print("a = np.arange(4).reshape((2, 2));  model1.predict(a, batch_size=2)")
+    X_input = keras.Input((2,))
+    X = keras_bn_ext.BatchNormalization(axis=1, name="bn")(X_input)
+    model1 = keras.Model(inputs=X_input, outputs=X)
+    a = np.arange(4).reshape((2, 2))
+    layer = model1.get_layer("bn")
+
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with debug.capture(model1) as records:
+            out = model1.predict(a, batch_size=2, verbose=0)
+    print("\npredict() returned:")
+    print(out)
+    print("The user expected [[-1, -1], [1, 1]] (batch mean [1, 2], variance [1, 1]).")
+
+    _rule("2. What the layer says about that call")
+    record = records[-1]
+    print(f"branch:          {record.branch} statistics")
+    print(f"training:        {record.training}")
+    print(f"why:             {record.reason}")
+    print(f"mean used:       {record.mean}")
+    print(f"variance used:   {record.variance}")
+    print(f"updated:         {record.updated}")
+    print(f"flags:           {', '.join(record.flags) or '-'}")
+    for w in caught:
+        if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning):
+            print(f"\nwarning: {w.message}")
+    eps = layer.epsilon
+    expected = a / np.sqrt(1.0 + eps)
+    print(f"\nSo y = (x - 0) / sqrt(1 + {eps:g}) = x / {np.sqrt(1 + eps):.6f}:")
+    print(expected.astype("float32"))
+    print(f"max |predict - x/sqrt(1+eps)| = {np.max(np.abs(out - expected)):.2e}")
+
+    _rule("3. layer.explain()")
+    print(layer.explain())
+
+    _rule("4. The same batch with training=True")
+    with debug.capture() as records:
+        y = keras.ops.convert_to_numpy(layer(a, training=True))
+    print(y)
+    r = records[-1]
+    print(f"branch: {r.branch}; batch mean {r.mean}, variance {r.variance} "
+          f"over count={r.count} samples; moving statistics updated: {r.updated}")
+    print(f"(The +-0.9995 rather than +-1 is epsilon: 1 / sqrt(1 + {eps:g}).)")
+
+    _rule("5. After a few fit() steps")
+    model1.compile(optimizer="sgd", loss="mse")
+    steps = 5
+    with debug.capture(model1) as records:
+        model1.fit(a, a, batch_size=2, epochs=steps, verbose=0, shuffle=False)
+    for r in records:
+        print(f"  fit step {r.index}: {r.branch} statistics mean={r.mean} "
+              f"var={r.variance} -> moving_mean={r.moving_mean}")
+    print(f"With momentum={layer.momentum}, each step moves the moving mean "
+          f"only {1 - layer.momentum:.0%} of the way: after {steps} steps")
+    print(f"moving_mean = {keras.ops.convert_to_numpy(layer.moving_mean)}, so predict() now gives:")
+    print(model1.predict(a, batch_size=2, verbose=0))
+
+    _rule("6. Two ways to get the normalized batch in predict()")
+    fixed = keras_bn_ext.BatchNormalization(axis=1, debias=True)
+    fixed(a, training=True)  # one training step
+    print("debias=True, after ONE training step, predict-mode output:")
+    print(keras.ops.convert_to_numpy(fixed(a, training=False)))
+    batch_mode = keras_bn_ext.BatchNormalization(axis=1, mode="batch")
+    print("mode='batch' (always the batch's statistics), no training at all:")
+    print(keras.ops.convert_to_numpy(batch_mode(a)))
+    print("\nIn short: predict() uses the moving statistics; they start at 0 and 1 "
+          "and only training changes them.")

@@ -1,0 +1,7 @@
+"""Interoperability: PyTorch BatchNorm weights, and swapping Keras's layers."""
+
+from keras_bn_ext.interop.swap import convert_model
+from keras_bn_ext.interop.torch import from_torch
+from keras_bn_ext.interop.torch import to_torch
+
+__all__ = ["convert_model", "from_torch", "to_torch"]

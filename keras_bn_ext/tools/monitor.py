@@ -1,0 +1,7 @@
+"""Statistics monitor callback (being written)."""
+
+import keras
+
+
+class StatsMonitor(keras.callbacks.Callback):
+    pass
