@@ -150,18 +150,15 @@ def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
     else:
         mean, variance = unmasked_moments(grouped, group_axes)
         count = reduced_count(grouped, group_axes)
-    valid = count > 0
+    mean = ops.reshape(mean, group_param_shape)
+    variance = ops.reshape(variance, group_param_shape)
+    valid = ops.broadcast_to(count > 0, ops.shape(mean))
     if check_finite:
         finite = ops.logical_and(
             ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
         )
         valid = ops.logical_and(valid, finite)
-    stats = BatchStatistics(
-        ops.reshape(mean, group_param_shape),
-        ops.reshape(variance, group_param_shape),
-        count,
-        valid,
-    )
+    stats = BatchStatistics(mean, variance, count, valid)
     return stats, grouped, group_axes
 
 

@@ -556,9 +556,13 @@ class BatchNormalization(keras.layers.Layer):
         scale, offset = statistics.scale_and_offset(
             mean, variance, gamma, beta, self.epsilon
         )
-        if len(mean.shape) > len(self._param_shape):  # ghost: (G,) + param
-            shape = [-1] + self._broadcast_shape(inputs)[1:]
-            shape[1] = 1
+        if len(mean.shape) > len(self._param_shape):
+            # Ghost batches: `inputs` is grouped (G, k, ...) and the
+            # statistics are (G,) + param shape.
+            shape = [-1, 1] + [
+                inputs.shape[a + 1] if a in self._channel_axes else 1
+                for a in range(1, len(inputs.shape) - 1)
+            ]
         else:
             shape = self._broadcast_shape(inputs)
         return inputs * ops.reshape(scale, shape) + ops.reshape(offset, shape)
