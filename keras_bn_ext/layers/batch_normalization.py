@@ -123,9 +123,9 @@ class BatchNormalization(keras.layers.Layer):
     >>> import numpy as np, keras, keras_bn_ext
     >>> layer = keras_bn_ext.BatchNormalization(axis=1)
     >>> x = np.arange(4, dtype="float32").reshape((2, 2))
-    >>> np.round(keras.ops.convert_to_numpy(layer(x, training=True)), 3)
-    array([[-0.999, -0.999],
-           [ 0.999,  0.999]], dtype=float32)
+    >>> np.round(keras.ops.convert_to_numpy(layer(x, training=True)), 4)
+    array([[-0.9995, -0.9995],
+           [ 0.9995,  0.9995]], dtype=float32)
 
     Reference:
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
