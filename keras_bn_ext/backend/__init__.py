@@ -10,6 +10,8 @@ Each module exposes the same functions:
 - `host_value(variable)`: the variable's current value as NumPy, even while a
   function is being traced; `None` where it cannot be read.
 - `callbacks_supported()`: `(ok, why_not)` for the current tracing context.
+- `multiply_add(x, scale, offset)`: `x * scale + offset`, fused where the
+  backend runs eagerly (torch.addcmul).
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 """
@@ -32,6 +34,7 @@ host_value = ops_impl.host_value
 callbacks_supported = ops_impl.callbacks_supported
 all_reduce_sum = ops_impl.all_reduce_sum
 flush = ops_impl.flush
+multiply_add = ops_impl.multiply_add
 
 __all__ = [
     "moments",
@@ -40,4 +43,5 @@ __all__ = [
     "callbacks_supported",
     "all_reduce_sum",
     "flush",
+    "multiply_add",
 ]

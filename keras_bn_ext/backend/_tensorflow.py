@@ -62,3 +62,7 @@ def all_reduce_sum(tensors):
 
 def flush():
     pass
+
+
+def multiply_add(x, scale, offset):
+    return x * scale + offset

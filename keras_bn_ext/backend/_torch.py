@@ -50,3 +50,8 @@ def all_reduce_sum(tensors):
 
 def flush():
     pass
+
+
+def multiply_add(x, scale, offset):
+    # One fused kernel instead of a multiply and an add over the full tensor.
+    return torch.addcmul(offset, x, scale)

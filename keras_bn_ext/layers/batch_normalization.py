@@ -565,7 +565,9 @@ class BatchNormalization(keras.layers.Layer):
             ]
         else:
             shape = self._broadcast_shape(inputs)
-        return inputs * ops.reshape(scale, shape) + ops.reshape(offset, shape)
+        return backend_ops.multiply_add(
+            inputs, ops.reshape(scale, shape), ops.reshape(offset, shape)
+        )
 
     def _warn_if_fresh_statistics(self, decision):
         """Once per layer, on the first call (or trace) that normalizes with
