@@ -135,8 +135,8 @@ def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
 
     `x` is split along axis 0 into `G` groups; returns `BatchStatistics`
     whose mean and variance have shape `(G,) + param_shape`, with counts and
-    validity per group, and the grouped input (shape `(G, k, ...)`) with its
-    reduction axes, so the caller can normalize each group.
+    validity per group, and the grouped input (shape `(G, k, ...)`), so the
+    caller can normalize each group with its own statistics.
     """
     k = virtual_batch_size
     grouped_shape = (-1, k) + tuple(ops.shape(x)[1:])
@@ -159,7 +159,7 @@ def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
         )
         valid = ops.logical_and(valid, finite)
     stats = BatchStatistics(mean, variance, count, valid)
-    return stats, grouped, group_axes
+    return stats, grouped
 
 
 def update_weight(momentum, debias, step):

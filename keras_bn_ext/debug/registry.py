@@ -115,7 +115,11 @@ def capture(model=None):
 def _our_layers(model):
     from keras_bn_ext.layers import BatchNormalization
 
-    return [l for l in model._flatten_layers() if isinstance(l, BatchNormalization)]
+    return [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, BatchNormalization)
+    ]
 
 
 def retrace(model):

@@ -4,7 +4,6 @@ able to say which statistics each call used and why."""
 import warnings
 
 import keras
-import numpy as np
 from keras import constraints
 from keras import initializers
 from keras import ops
@@ -15,6 +14,9 @@ from keras_bn_ext import statistics
 from keras_bn_ext.branching import MODES
 from keras_bn_ext.branching import Branch
 from keras_bn_ext.branching import decide_branch
+from keras_bn_ext.debug import registry
+from keras_bn_ext.debug.records import NeverUpdatedWarning
+from keras_bn_ext.debug.records import RecordBuilder
 from keras_bn_ext.layers.arguments import _broadcastable
 from keras_bn_ext.layers.arguments import _check_axis
 from keras_bn_ext.layers.arguments import _check_combinations
@@ -23,9 +25,6 @@ from keras_bn_ext.layers.arguments import _check_momentum
 from keras_bn_ext.layers.arguments import _check_renorm_clipping
 from keras_bn_ext.layers.arguments import _check_virtual_batch_size
 from keras_bn_ext.layers.arguments import _resolve_axes
-from keras_bn_ext.debug import registry
-from keras_bn_ext.debug.records import NeverUpdatedWarning
-from keras_bn_ext.debug.records import RecordBuilder
 
 # Extension arguments and their defaults; `get_config` writes only the ones a
 # user changed, so a default layer's config is exactly Keras's.
@@ -309,42 +308,34 @@ class BatchNormalization(keras.layers.Layer):
         return input_shape
 
     def call(self, inputs, training=None, mask=None):
+        # 1. Decide: batch or moving statistics, update or not, and why.
         decision = decide_branch(training, self.trainable, self.mode)
         x = ops.cast(inputs, self._statistics_dtype(inputs))
         mask = self._standardize_mask(mask, x)
-        moving_mean = ops.cast(self.moving_mean, x.dtype)
-        moving_variance = ops.cast(self.moving_variance, x.dtype)
-        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
-        beta = ops.cast(self.beta, x.dtype) if self.center else None
         self._warn_if_fresh_statistics(decision)
 
+        # 2. Get the statistics (and renorm's correction, which reads the
+        # renorm averages before this call updates them).
         batch = None
-        if decision.branch is Branch.MOVING:
-            mean, variance = moving_mean, moving_variance
-        elif self.virtual_batch_size:
-            batch, x, axes = self._ghost_statistics(x, mask)
+        if decision.branch is Branch.BATCH:
+            batch, x = self._batch_statistics(x, mask)
             mean, variance = batch.mean, batch.variance
         else:
-            batch = statistics.batch_statistics(
-                x, self._reduction_axes, self._param_shape, mask,
-                self.synchronized, self.skip_nonfinite_updates,
-            )
-            mean, variance = self._fill_empty_channels(batch, moving_mean, moving_variance)
+            mean = ops.cast(self.moving_mean, x.dtype)
+            variance = ops.cast(self.moving_variance, x.dtype)
+        gamma, beta = self._gamma_and_beta(decision, mean, variance, x.dtype)
 
-        if self.renorm and decision.branch is Branch.BATCH:
-            gamma, beta = self._renorm_transform(mean, variance, gamma, beta, x.dtype)
-
+        # 3. Update the moving statistics.
+        updated = None
         if decision.update:
             updated = self._update_moving_statistics(batch, x.dtype)
-        else:
-            updated = None
 
-        outputs = self._normalize(inputs=x, mean=mean, variance=variance,
-                                  gamma=gamma, beta=beta)
-        if self.virtual_batch_size and batch is not None:
-            outputs = ops.reshape(outputs, ops.shape(inputs))
+        # 4. Normalize.
+        outputs = self._normalize(x, mean, variance, gamma, beta)
         if self.debugging:
             self._records.emit(decision, training, mean, variance, batch, updated)
+        if batch is not None and self.virtual_batch_size:
+            outputs = ops.reshape(outputs, ops.shape(inputs))  # ungroup
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
@@ -446,32 +437,41 @@ class BatchNormalization(keras.layers.Layer):
             f"Received: mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
         )
 
-    def _ghost_statistics(self, x, mask):
+    def _batch_statistics(self, x, mask):
+        """This batch's `BatchStatistics`, and `x` grouped (G, k, ...) when
+        statistics are per virtual batch."""
         k = self.virtual_batch_size
-        batch_size = x.shape[0]
-        if batch_size is not None and batch_size % k != 0:
-            raise ValueError(
-                "`virtual_batch_size` must divide the batch size. Received: "
-                f"virtual_batch_size={k}, batch size={batch_size}"
+        if k:
+            if x.shape[0] is not None and x.shape[0] % k != 0:
+                raise ValueError(
+                    "`virtual_batch_size` must divide the batch size. Received: "
+                    f"virtual_batch_size={k}, batch size={x.shape[0]}"
+                )
+            return statistics.ghost_statistics(
+                x, self._reduction_axes, self._param_shape, k, mask,
+                self.skip_nonfinite_updates,
             )
-        batch, grouped, axes = statistics.ghost_statistics(
-            x, self._reduction_axes, self._param_shape, k, mask,
-            self.skip_nonfinite_updates,
+        batch = statistics.batch_statistics(
+            x, self._reduction_axes, self._param_shape, mask,
+            self.synchronized, self.skip_nonfinite_updates,
         )
-        return batch, grouped, axes
+        if mask is not None and not self.synchronized:
+            # A channel with no unmasked element normalizes with the moving
+            # statistics, so its outputs stay finite.
+            has_data = batch.count > 0
+            batch = batch._replace(
+                mean=ops.where(has_data, batch.mean, ops.cast(self.moving_mean, x.dtype)),
+                variance=ops.where(
+                    has_data, batch.variance, ops.cast(self.moving_variance, x.dtype)
+                ),
+            )
+        return batch, x
 
-    def _fill_empty_channels(self, batch, moving_mean, moving_variance):
-        """Channels with no unmasked element normalize with the moving
-        statistics, so a fully masked channel gives finite outputs."""
-        if self.synchronized or len(batch.count.shape) == 0:
-            return batch.mean, batch.variance
-        has_data = batch.count > 0
-        return (
-            ops.where(has_data, batch.mean, moving_mean),
-            ops.where(has_data, batch.variance, moving_variance),
-        )
-
-    def _renorm_transform(self, mean, variance, gamma, beta, dtype):
+    def _gamma_and_beta(self, decision, mean, variance, dtype):
+        gamma = ops.cast(self.gamma, dtype) if self.scale else None
+        beta = ops.cast(self.beta, dtype) if self.center else None
+        if not (self.renorm and decision.branch is Branch.BATCH):
+            return gamma, beta
         r, d = statistics.renorm_corrections(
             mean, variance,
             ops.cast(self.renorm_mean, dtype), ops.cast(self.renorm_stddev, dtype),
