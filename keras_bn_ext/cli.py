@@ -44,6 +44,7 @@ def main(argv=None):
         return 2
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
+        _restart_if_backend_loaded(args.backend, argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.command == "demo":
         from keras_bn_ext.demo import run_demo
@@ -54,6 +55,17 @@ def main(argv=None):
         return _inspect(args.path)
     parser.print_help()
     return 2
+
+
+def _restart_if_backend_loaded(backend, argv):
+    """Keras fixes its backend at import; importing this package imported
+    Keras already, so a different backend needs a fresh process."""
+    keras = sys.modules.get("keras")
+    if keras is None or keras.backend.backend() == backend:
+        return
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "keras_bn_ext", *argv])
 
 
 def _inspect(path):

@@ -62,6 +62,17 @@ def run_demo():
     print(expected.astype("float32"))
     print(f"max |predict - x/sqrt(1+eps)| = {np.max(np.abs(out - expected)):.2e}")
 
+    print("\nThe user also tried batch_size=4 with random inputs:")
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 2)).astype("float32")
+    with debug.capture(model1) as records:
+        out = model1.predict(x, batch_size=4, verbose=0)
+    print(f"{len(records)} predict() batches, branches: "
+          f"{[r.branch for r in records]}, means used: "
+          f"{[r.mean.tolist() for r in records]}")
+    print(f"max |predict - x/sqrt(1+eps)| = "
+          f"{np.max(np.abs(out - x / np.sqrt(1 + eps))):.2e}: the same rule, "
+          "whatever the batch size or data.")
+
     _rule("3. layer.explain()")
     print(layer.explain())
 
@@ -79,8 +90,8 @@ def run_demo():
     steps = 5
     with debug.capture(model1) as records:
         model1.fit(a, a, batch_size=2, epochs=steps, verbose=0, shuffle=False)
-    for r in records:
-        print(f"  fit step {r.index}: {r.branch} statistics mean={r.mean} "
+    for step, r in enumerate(records, 1):
+        print(f"  fit step {step}: {r.branch} statistics mean={r.mean} "
               f"var={r.variance} -> moving_mean={r.moving_mean}")
     print(f"With momentum={layer.momentum}, each step moves the moving mean "
           f"only {1 - layer.momentum:.0%} of the way: after {steps} steps")
