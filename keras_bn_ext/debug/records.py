@@ -81,10 +81,15 @@ def _short(array, n=4):
 
 
 def _constant_value(initializer, shape):
-    """The values a deterministic initializer gives, else None."""
-    if isinstance(initializer, (initializers.Zeros, initializers.Ones,
-                                initializers.Constant)):
-        return np.asarray(ops.convert_to_numpy(initializer(shape, "float32")))
+    """The values a deterministic initializer gives (NumPy, so it works while
+    tracing too), else None."""
+    if isinstance(initializer, initializers.Zeros):
+        return np.zeros(shape, "float32")
+    if isinstance(initializer, initializers.Ones):
+        return np.ones(shape, "float32")
+    if isinstance(initializer, initializers.Constant):
+        value = initializer.get_config()["value"]
+        return np.broadcast_to(np.asarray(value, "float32"), shape).copy()
     return None
 
 
