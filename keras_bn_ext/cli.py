@@ -69,13 +69,33 @@ def _restart_if_backend_loaded(backend, argv):
 
 
 def _inspect(path):
-    if not os.path.exists(path):
-        print(f"keras-bn-ext: error: no such file: {path}", file=sys.stderr)
+    if not os.path.isfile(path):
+        what = "is a directory, not a model file" if os.path.isdir(path) else "no such file"
+        print(f"keras-bn-ext: error: {what}: {path}", file=sys.stderr)
         return 1
     import keras
 
+    wanted = os.environ.get("KERAS_BACKEND")
+    if wanted and keras.backend.backend() != wanted:
+        # Importing keras_bn_ext (to reach this module) already imported Keras
+        # with another backend, and Keras cannot switch: run again in a fresh
+        # interpreter that starts on the requested backend.
+        import subprocess
+
+        command = [sys.executable, "-m", "keras_bn_ext", "inspect", path]
+        return subprocess.call(command, env=dict(os.environ, KERAS_BACKEND=wanted))
+
+    import zipfile
+
     import keras_bn_ext  # registers the layer for deserialization
 
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        print(
+            f"keras-bn-ext: error: {path} is not a Keras model file (a .keras "
+            "file is a zip archive saved by model.save()).",
+            file=sys.stderr,
+        )
+        return 1
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:
@@ -86,5 +106,6 @@ def _inspect(path):
             file=sys.stderr,
         )
         return 1
+    print(f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)")
     print(keras_bn_ext.report(model))
     return 0

@@ -12,11 +12,15 @@ Each module exposes the same functions:
 - `callbacks_supported()`: `(ok, why_not)` for the current tracing context.
 - `multiply_add(x, scale, offset)`: `x * scale + offset`, fused where the
   backend runs eagerly (torch.addcmul).
+- `is_shape_inference()`: inside Keras's shape-inference pass (symbolic
+  build, `compute_output_spec`), which is not a real execution.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 """
 
 import keras
+
+from keras_bn_ext.backend._common import is_shape_inference
 
 _name = keras.backend.backend()
 if _name == "tensorflow":
@@ -37,6 +41,7 @@ flush = ops_impl.flush
 multiply_add = ops_impl.multiply_add
 
 __all__ = [
+    "is_shape_inference",
     "moments",
     "host_callback",
     "host_value",

@@ -576,7 +576,7 @@ class BatchNormalization(keras.layers.Layer):
         debugging, the records check every real execution instead."""
         if self._checked_fresh_statistics or decision.branch is not Branch.MOVING:
             return
-        if self.debugging:
+        if self.debugging or backend_ops.is_shape_inference():
             return
         self._checked_fresh_statistics = True
         if self._records.never_updated_now() and not self._records.warned_never_updated:
