@@ -17,10 +17,12 @@ fvcore's precise BN does, but exactly:
 """
 
 import dataclasses
+import warnings
 
 import keras
 import numpy as np
 
+from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.layers import BatchNormalization
 from keras_bn_ext.tools.report import batch_norm_layers
 
@@ -201,12 +203,15 @@ def _is_infinite(data):
 
 
 def _run(model, x):
-    if keras.backend.backend() == "torch":
-        import torch
+    with warnings.catch_warnings():
+        # Fresh statistics are about to be replaced: no NeverUpdatedWarning.
+        warnings.simplefilter("ignore", NeverUpdatedWarning)
+        if keras.backend.backend() == "torch":
+            import torch
 
-        with torch.no_grad():
-            return model(x, training=False)
-    return model(x, training=False)
+            with torch.no_grad():
+                return model(x, training=False)
+        return model(x, training=False)
 
 
 class _Intercept:

@@ -1,0 +1,217 @@
+"""recalibrate: moving statistics become exact population statistics."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+import keras_bn_ext
+
+
+def _batches(sizes, mean=3.0, std=2.0, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # Each batch has its own mean, so equal-weight averaging is visibly wrong.
+    return [
+        rng.normal(mean + 4.0 * i, std, (n, channels)).astype("float32")
+        for i, n in enumerate(sizes)
+    ]
+
+
+def _moving(layer):
+    return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
+
+
+def _first_bn_model(bn):
+    return keras.Sequential([keras.Input((3,)), bn, keras.layers.Dense(2)])
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_statistics_are_size_weighted_population_statistics(ours):
+    cls = keras_bn_ext.BatchNormalization if ours else keras.layers.BatchNormalization
+    model = _first_bn_model(cls(name="bn"))
+    batches = _batches([1, 9, 4])
+    stats = keras_bn_ext.recalibrate(model, batches, verbose=0)
+
+    data = np.concatenate(batches).astype("float64")
+    mean, variance = _moving(model.get_layer("bn"))
+    np.testing.assert_allclose(stats["bn"].mean, data.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["bn"].variance, data.var(0), rtol=1e-10)
+    np.testing.assert_allclose(mean, data.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(variance, data.var(0), rtol=1e-6)
+    assert stats["bn"].count == 14 and stats["bn"].batches == 3
+    # torch's update_bn would average the three batch means with equal weights.
+    equal_weights = np.mean([b.astype("float64").mean(0) for b in batches], axis=0)
+    assert np.abs(mean - equal_weights).max() > 0.3
+
+
+def test_large_mean_inputs_keep_an_accurate_variance():
+    # float32 E[x^2] - E[x]^2 would lose every digit at mean 1e5, std 1.
+    model = _first_bn_model(keras_bn_ext.BatchNormalization(name="bn"))
+    batches = _batches([7, 50, 13], mean=1e5, std=1.0)
+    keras_bn_ext.recalibrate(model, batches, verbose=0)
+    data = np.concatenate(batches).astype("float64")
+    _, variance = _moving(model.get_layer("bn"))
+    np.testing.assert_allclose(variance, data.var(0), rtol=1e-5)
+
+
+def test_later_layers_see_recalibrated_earlier_layers_in_inference_mode():
+    x = keras.Input((3,))
+    h = keras.layers.BatchNormalization(name="bn1")(x)
+    h = keras.layers.Dropout(0.5)(h)
+    h = keras.layers.Dense(4)(h)
+    h = keras_bn_ext.BatchNormalization(name="bn2")(h)
+    model = keras.Model(x, keras.layers.Dense(1)(h))
+    batches = _batches([5, 11, 2])
+    stats = keras_bn_ext.recalibrate(model, batches, verbose=0)
+
+    assert list(stats) == ["bn1", "bn2"]
+    # bn2's inputs, computed after recalibration in inference mode (no dropout).
+    probe = keras.Model(x, model.get_layer("bn2").input)
+    inputs = np.concatenate(
+        [to_numpy(probe(b, training=False)) for b in batches]).astype("float64")
+    mean, variance = _moving(model.get_layer("bn2"))
+    np.testing.assert_allclose(mean, inputs.mean(0), atol=1e-5)
+    np.testing.assert_allclose(variance, inputs.var(0), rtol=1e-5)
+    # With bn1 recalibrated, its outputs are standardized: bn2 sees Dense(that).
+    np.testing.assert_allclose(stats["bn1"].variance, np.concatenate(batches).var(0),
+                               rtol=1e-6)
+
+
+def test_frozen_layers_trainable_weights_and_other_layers_are_untouched():
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    model = keras.Sequential([
+        keras.Input((3,)), frozen,
+        keras_bn_ext.BatchNormalization(mode="moving", name="moving_mode"),
+        keras.layers.Dense(3),
+        keras.layers.BatchNormalization(name="live"),
+    ])
+    frozen.trainable = False
+    rng = np.random.default_rng(5)
+    for variable in model.weights:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    before = {v.path: to_numpy(v) for v in model.weights}
+    stats = keras_bn_ext.recalibrate(model, _batches([4, 6]), verbose=0)
+
+    assert list(stats) == ["live"]
+    changed = {p for p, v in before.items()
+               if not np.array_equal(v, to_numpy(_variable(model, p)))}
+    assert changed == {_path(model, "live", "moving_mean"),
+                       _path(model, "live", "moving_variance")}
+
+
+def _variable(model, path):
+    return next(v for v in model.weights if v.path == path)
+
+
+def _path(model, layer, name):
+    return next(v.path for v in model.get_layer(layer).weights if v.name == name)
+
+
+def test_nested_and_shared_layers():
+    shared = keras.layers.BatchNormalization(name="shared")
+    inner = keras.Sequential([keras.Input((3,)), keras_bn_ext.BatchNormalization(
+        name="inner_bn")], name="inner")
+    a = keras.Input((3,))
+    b = keras.Input((3,))
+    model = keras.Model([a, b], keras.layers.Add()([shared(inner(a)), shared(b)]))
+    xa, xb = _batches([6, 3], seed=1), _batches([6, 3], seed=2)
+    # As in fit(): a batch is (x,) or (x, y), so two inputs are ([a, b],).
+    stats = keras_bn_ext.recalibrate(model, [([u, v],) for u, v in zip(xa, xb)],
+                                     verbose=0)
+
+    assert list(stats) == ["inner/inner_bn", "shared"]
+    a_all, b_all = np.concatenate(xa).astype("float64"), np.concatenate(xb)
+    np.testing.assert_allclose(stats["inner/inner_bn"].variance, a_all.var(0),
+                               rtol=1e-6)
+    # The shared layer's population is both of its inputs: normalized a, and b.
+    standardized = (a_all - a_all.mean(0)) / np.sqrt(a_all.var(0) + 1e-3)
+    both = np.concatenate([standardized, b_all])
+    assert stats["shared"].count == 18
+    np.testing.assert_allclose(stats["shared"].mean, both.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["shared"].variance, both.var(0), rtol=1e-5)
+
+
+def test_unbiased_variance_renorm_and_counter():
+    model = keras.Sequential([
+        keras.Input((3,)),
+        keras_bn_ext.BatchNormalization(unbiased_moving_variance=True,
+                                        track_updates=True, name="unbiased"),
+        keras.layers.BatchNormalization(renorm=True, name="renorm"),
+    ])
+    batches = _batches([3, 5])
+    keras_bn_ext.recalibrate(model, batches, verbose=0)
+    data = np.concatenate(batches).astype("float64")
+
+    unbiased = model.get_layer("unbiased")
+    np.testing.assert_allclose(to_numpy(unbiased.moving_variance), data.var(0, ddof=1),
+                               rtol=1e-6)
+    assert int(to_numpy(unbiased.num_batches_tracked)) == 2
+    renorm = model.get_layer("renorm")
+    standardized = (data - data.mean(0)) / np.sqrt(data.var(0, ddof=1) + 1e-3)
+    np.testing.assert_allclose(to_numpy(renorm.moving_variance), standardized.var(0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(renorm.moving_stddev),
+                               np.sqrt(standardized.var(0) + 1e-3), rtol=1e-5)
+
+
+def test_masked_elements_do_not_count():
+    tokens = np.array([[1, 2, 0, 0], [3, 0, 0, 0], [4, 5, 6, 7]])
+    model = keras.Sequential([
+        keras.Input((4,), dtype="int32"),
+        keras.layers.Embedding(8, 2, mask_zero=True, name="embed"),
+        keras_bn_ext.BatchNormalization(name="bn"),
+    ])
+    stats = keras_bn_ext.recalibrate(model, [tokens[:2], tokens[2:]], verbose=0)
+    table = to_numpy(model.get_layer("embed").embeddings).astype("float64")
+    vectors = table[tokens[tokens > 0]]
+    assert stats["bn"].count == 7
+    np.testing.assert_allclose(stats["bn"].mean, vectors.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["bn"].variance, vectors.var(0), rtol=1e-5)
+
+
+def _expected(batches):
+    return np.concatenate(batches).astype("float64").mean(0)
+
+
+def _recalibrated_mean(data, **kwargs):
+    model = _first_bn_model(keras.layers.BatchNormalization(name="bn"))
+    keras_bn_ext.recalibrate(model, data, verbose=0, **kwargs)
+    return _moving(model.get_layer("bn"))[0]
+
+
+def test_data_formats_and_steps():
+    import tensorflow as tf
+
+    batches = _batches([4, 7, 5, 2])
+    labels = [np.zeros((len(b), 1)) for b in batches]
+    expected = _expected(batches)
+
+    def generator():
+        for x, y in zip(batches, labels):
+            yield x, y, np.ones(len(x))
+
+    class Data(keras.utils.PyDataset):
+        def __len__(self):
+            return len(batches)
+
+        def __getitem__(self, i):
+            return batches[i], labels[i]
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(5)
+    for data in (generator(), Data(), dataset, np.concatenate(batches),
+                 [(x,) for x in batches]):
+        np.testing.assert_allclose(_recalibrated_mean(data), expected, rtol=1e-6)
+    np.testing.assert_allclose(_recalibrated_mean(iter(batches), steps=2),
+                               _expected(batches[:2]), rtol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        _recalibrated_mean(dataset.repeat())
+    with pytest.raises(ValueError, match="no batch"):
+        _recalibrated_mean([])
+
+
+def test_progress_bar(capsys):
+    model = _first_bn_model(keras.layers.BatchNormalization(name="bn"))
+    keras_bn_ext.recalibrate(model, _batches([2, 3]), verbose=1)
+    assert "1/1" in capsys.readouterr().out
+    keras_bn_ext.recalibrate(model, _batches([2, 3]), verbose=0)
+    assert capsys.readouterr().out == ""
