@@ -24,10 +24,16 @@ def host_callback(fn, payload):
 
 
 def host_value(variable):
+    # Inside stateless_call (Keras's JAX trainer, user jit loops) the real
+    # value is a tracer in the stateless scope, and the trainer may have
+    # purged `_value`: then it cannot be read on the host.
     try:
-        return np.asarray(variable._value)
+        value = variable.value
     except Exception:
         return None
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value)
 
 
 def all_reduce_sum(tensors):

@@ -124,17 +124,24 @@ class RecordBuilder:
         )
 
     def never_updated_now(self):
+        """True/False from the variables' host values; None if unreadable."""
         layer = self.layer
         counter = None
         if layer.num_batches_tracked is not None:
             counter = backend_ops.host_value(layer.num_batches_tracked)
             if counter is None:
-                return False
-        return self.never_updated(
-            backend_ops.host_value(layer.moving_mean),
-            backend_ops.host_value(layer.moving_variance),
-            counter,
-        )
+                return None
+        moving_mean = backend_ops.host_value(layer.moving_mean)
+        moving_variance = backend_ops.host_value(layer.moving_variance)
+        if moving_mean is None or moving_variance is None:
+            return None
+        return self.never_updated(moving_mean, moving_variance, counter)
+
+    def warn_never_updated(self):
+        if not self.warned_never_updated:
+            self.warned_never_updated = True
+            warnings.warn(self.never_updated_message(), NeverUpdatedWarning,
+                          stacklevel=3)
 
     def never_updated_message(self):
         eps = self.layer.epsilon
@@ -238,9 +245,6 @@ class RecordBuilder:
         )
         if layer.debug:
             logger.info("%s", record)
-        if "never_updated" in flags and not self.warned_never_updated:
-            self.warned_never_updated = True
-            layer._checked_fresh_statistics = True
-            message = self.never_updated_message()
-            warnings.warn(message, NeverUpdatedWarning, stacklevel=2)
+        if "never_updated" in flags:
+            self.warn_never_updated()
         registry.dispatch(record, layer._hooks)

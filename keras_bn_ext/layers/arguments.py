@@ -132,6 +132,12 @@ def _check_combinations(layer):
             "Virtual batches are per replica. Received: synchronized=True, "
             f"virtual_batch_size={layer.virtual_batch_size}"
         )
+    if layer.mode == "moving" and layer.virtual_batch_size:
+        raise ValueError(
+            "mode='moving' never computes batch statistics, so virtual "
+            "batches would change nothing. Received: mode='moving', "
+            f"virtual_batch_size={layer.virtual_batch_size}"
+        )
     if layer.mode == "moving" and layer.debias:
         raise ValueError(
             "mode='moving' never updates the moving statistics, so there is "

@@ -1,8 +1,6 @@
 """`keras_bn_ext.BatchNormalization`: Keras's layer, correct everywhere, and
 able to say which statistics each call used and why."""
 
-import warnings
-
 import keras
 from keras import constraints
 from keras import initializers
@@ -15,7 +13,6 @@ from keras_bn_ext.branching import MODES
 from keras_bn_ext.branching import Branch
 from keras_bn_ext.branching import decide_branch
 from keras_bn_ext.debug import registry
-from keras_bn_ext.debug.records import NeverUpdatedWarning
 from keras_bn_ext.debug.records import RecordBuilder
 from keras_bn_ext.layers.arguments import _broadcastable
 from keras_bn_ext.layers.arguments import _check_axis
@@ -572,14 +569,13 @@ class BatchNormalization(keras.layers.Layer):
     def _warn_if_fresh_statistics(self, decision):
         """Once per layer, on the first call (or trace) that normalizes with
         the moving statistics: warn if they were never updated (the seed
-        question). Costs one host read, once; nothing per step. While
-        debugging, the records check every real execution instead."""
+        question). One host read, once; nothing is compiled in. Where the
+        variables cannot be read while tracing (JAX's stateless calls), only
+        the debug records (which check every real execution) can tell."""
         if self._checked_fresh_statistics or decision.branch is not Branch.MOVING:
             return
         if self.debugging or backend_ops.is_shape_inference():
             return
         self._checked_fresh_statistics = True
-        if self._records.never_updated_now() and not self._records.warned_never_updated:
-            self._records.warned_never_updated = True
-            warnings.warn(self._records.never_updated_message(),
-                          NeverUpdatedWarning, stacklevel=3)
+        if self._records.never_updated_now():
+            self._records.warn_never_updated()

@@ -5,8 +5,10 @@ so it answers "what is in this model I was handed?" at a glance:
 
     >>> print(keras_bn_ext.report(model))               # doctest: +SKIP
     BatchNormalization layers of model 'net': 2 (1 keras, 1 keras_bn_ext), 1 flagged
-      layer    kind   ch  momentum  epsilon  state      updates  moving mean min/avg/max  ...
-      bn1      keras   8  0.99      0.001    trainable  -        0 / 0 / 0                ...
+      (mean and variance: the moving statistics, over channels)
+      layer  kind          ch  momentum  epsilon  state      updates  mean min/avg/max  ...
+      bn1    keras          8  0.99      0.001    trainable        -  0 / 0 / 0         ...
+      bn2    keras_bn_ext   8  0.99      0.001    trainable        -  -0.3 / 0.1 / 0.4  ...
 """
 
 import dataclasses
@@ -291,7 +293,7 @@ def _jsonable(row):
 _COLUMNS = (
     ("layer", "<"), ("kind", "<"), ("ch", ">"), ("momentum", "<"),
     ("epsilon", "<"), ("state", "<"), ("updates", ">"),
-    ("moving mean min/avg/max", "<"), ("moving var min/avg/max", "<"),
+    ("mean min/avg/max", "<"), ("variance min/avg/max", "<"),
     ("flags", "<"),
 )
 
@@ -338,7 +340,7 @@ def _format_table(result):
         return title
     table = [tuple(name for name, _ in _COLUMNS)] + [_cells(r) for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    lines = [title]
+    lines = [title, "  (mean and variance: the moving statistics, over channels)"]
     for line in table:
         cells = [
             f"{cell:{align}{width}}"
