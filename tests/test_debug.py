@@ -385,9 +385,23 @@ def never_updated_warnings(caught):
     return [w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)]
 
 
-@pytest.mark.parametrize("debugging", [False, True], ids=["plain", "capture"])
-def test_never_updated_warning_once_per_layer(debugging):
-    model1, model2 = seed_model(), seed_model()
+class _nothing:
+    """Stands in for capture() when debugging is off."""
+
+    def __enter__(self):
+        return []
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("how", ["plain", "capture", "debug_flag"])
+def test_never_updated_warning_once_per_layer(how):
+    # Off, under capture() and with debug=True: the seed question warns, once
+    # per layer, whichever path notices.
+    debugging = how == "capture"
+    model1 = seed_model(debug=how == "debug_flag")
+    model2 = seed_model(debug=how == "debug_flag")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with debug.capture() if debugging else _nothing() as records:
@@ -417,14 +431,6 @@ def test_no_never_updated_warning_after_training():
         warnings.simplefilter("always")
         model.predict(SEED_INPUT, batch_size=2, verbose=0)
     assert never_updated_warnings(caught) == []
-
-
-class _nothing:
-    def __enter__(self):
-        return []
-
-    def __exit__(self, *exc):
-        return False
 
 
 # explain(): its claims must agree with what calls actually do.
