@@ -10,7 +10,6 @@ original as possible when Keras's file changes.
 import numpy as np
 import pytest
 from absl.testing import parameterized
-
 from keras.src import backend
 from keras.src import initializers
 from keras.src import layers
