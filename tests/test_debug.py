@@ -213,13 +213,23 @@ def test_hook_enabled_after_fit_compiled_needs_retrace_then_records_flow():
 
 
 def test_hook_added_after_default_compile_records_first_fit():
-    # Nothing was traced yet, so no retrace should be needed: with default
-    # compile settings records must flow (issue 3). On TensorFlow the XLA
-    # choice is made by compile(), before the hook existed.
+    # Nothing was traced yet, so on JAX and torch no retrace is needed. On
+    # TensorFlow with an accelerator, compile() already chose XLA (it cannot
+    # call back to Python) before the hook existed: the layer says so with a
+    # RuntimeWarning naming the fix, and the fix, retrace(), works.
     model, bn = small_model()
     compile_default(model)
     seen = []
     bn.add_debug_hook(seen.append)
+    if BACKEND == "tensorflow" and model.jit_compile:
+        with pytest.warns(RuntimeWarning, match="retrace"):
+            model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        assert seen == []
+        # Start again from the initial statistics the reference assumes.
+        bn.moving_mean.assign(np.zeros(3))
+        bn.moving_variance.assign(np.ones(3))
+        debug.retrace(model)
+        assert model.jit_compile is False
     model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     assert_matches_reference(seen, reference_steps(X, 2))
 

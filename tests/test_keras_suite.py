@@ -142,19 +142,7 @@ class BatchNormalizationTest(testing.TestCase):
         x[:, 1, :] = 0.0
         masked = layers.Masking()(x)
         masked_out = layer(masked, training=True)
-        # keras_bn_ext: a deliberate difference. With axis=1 the Masking mask
-        # (inputs.shape[:-1]) masks all of channel 1, and channel 0's batch
-        # statistics equal its moving statistics (momentum=0, same data), so
-        # outputs can differ only at masked positions of the fully masked
-        # channel. There Keras normalizes with mean 0 and variance 0 (and
-        # decays its moving statistics towards them); keras_bn_ext uses the
-        # moving statistics and leaves them untouched (the issue's "fully
-        # masked channel" rule). Values at masked positions are ignored
-        # downstream, so this is not a drop-in difference that matters.
-        if axis == 1:
-            self.assertAllClose(unmasked_out, masked_out)
-        else:
-            self.assertNotAllClose(unmasked_out, masked_out)
+        self.assertNotAllClose(unmasked_out, masked_out)
 
     # keras_bn_ext: upstream bug kept as is: `backend.backend` is a function,
     # so it never equals "tensorflow" and only synchronized=False runs here.

@@ -9,6 +9,9 @@ Each module exposes the same functions:
   the surrounding computation really executes (eager, jit, tf.function).
 - `host_value(variable)`: the variable's current value as NumPy, even while a
   function is being traced; `None` where it cannot be read.
+- `value_moved_to_trainer(variable)` and `call_on_host_if(predicate, fn)`:
+  Keras's JAX trainer moves variable values into compiled predict/evaluate,
+  so a check of them must run on device and call back only when true.
 - `callbacks_supported()`: `(ok, why_not)` for the current tracing context.
 - `multiply_add(x, scale, offset)`: `x * scale + offset`, fused where the
   backend runs eagerly (torch.addcmul).
@@ -39,6 +42,8 @@ callbacks_supported = ops_impl.callbacks_supported
 all_reduce_sum = ops_impl.all_reduce_sum
 flush = ops_impl.flush
 multiply_add = ops_impl.multiply_add
+value_moved_to_trainer = ops_impl.value_moved_to_trainer
+call_on_host_if = ops_impl.call_on_host_if
 
 __all__ = [
     "is_shape_inference",
@@ -49,4 +54,6 @@ __all__ = [
     "all_reduce_sum",
     "flush",
     "multiply_add",
+    "value_moved_to_trainer",
+    "call_on_host_if",
 ]

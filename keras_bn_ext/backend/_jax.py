@@ -47,3 +47,14 @@ def flush():
 
 def multiply_add(x, scale, offset):
     return x * scale + offset
+
+
+def value_moved_to_trainer(variable):
+    """Keras's JAX trainer moves variable values into its compiled function
+    (`_value` is None while predict/evaluate run)."""
+    return getattr(variable, "_value", 0) is None
+
+
+def call_on_host_if(predicate, fn):
+    """Runs `fn()` on the host, at execution time, when `predicate` is true."""
+    jax.lax.cond(predicate, lambda: jax.debug.callback(fn), lambda: None)

@@ -81,10 +81,14 @@ def _predict_effect(layer, mean, var, fresh):
                 "statistics; the moving statistics are not used.")
     eps = layer.epsilon
     if fresh and np.all(mean == 0) and np.all(var == 1):
+        if layer.mode == "moving":
+            advice = ("mode='moving' never updates them: load trained "
+                      "statistics (set_weights) or use mode='auto'.")
+        else:
+            advice = "Train first (fit() or training=True), or use mode='batch'."
         return (f"y ≈ x / sqrt({1 + eps:g}) per channel (times gamma, plus "
                 "beta): the moving statistics are still at their initial "
-                "values 0 and 1, so the batch is NOT normalized. Train first "
-                "(fit() or training=True), or use mode='batch'.")
+                f"values 0 and 1, so the batch is NOT normalized. {advice}")
     return (f"y = (x - moving_mean) / sqrt(moving_variance + {eps:g}) * gamma "
             "+ beta, per channel, whatever the batch: the batch's own "
             "statistics are not used.")

@@ -137,6 +137,19 @@ class RecordBuilder:
             return None
         return self.never_updated(moving_mean, moving_variance, counter)
 
+    def never_updated_on_device(self):
+        """A traced boolean: the moving statistics hold their initial values."""
+        layer = self.layer
+        if layer.num_batches_tracked is not None:
+            return ops.equal(layer.num_batches_tracked, 0)
+        init_mean, init_var = self.initial_statistics
+        if init_mean is None or init_var is None:
+            return None
+        return ops.logical_and(
+            ops.all(ops.equal(layer.moving_mean, init_mean)),
+            ops.all(ops.equal(layer.moving_variance, init_var)),
+        )
+
     def warn_never_updated(self):
         if not self.warned_never_updated:
             self.warned_never_updated = True
@@ -145,15 +158,24 @@ class RecordBuilder:
 
     def never_updated_message(self):
         eps = self.layer.epsilon
+        if self.layer.mode == "moving":
+            advice = (
+                "mode='moving' never updates them: load or assign trained "
+                "statistics (e.g. set_weights), or use mode='auto'."
+            )
+        else:
+            advice = (
+                "Train with fit() (or call with training=True) first, or use "
+                "mode='batch' to always normalize with the batch's statistics."
+            )
         return (
             f"BatchNormalization layer {self.layer.name!r} normalized with its "
             "moving statistics, which were never updated (still their initial "
             "values, e.g. mean 0 and variance 1): the output is about "
             f"x / sqrt(1 + {eps:g}), not a normalized batch. Inference "
             "(predict(), evaluate(), training=False/None) uses the moving "
-            "statistics; they change only in training mode. Train with fit() "
-            "(or call with training=True) first, or use mode='batch' to always "
-            "normalize with the batch's statistics. See layer.explain()."
+            f"statistics; they change only in training mode. {advice} "
+            "See layer.explain()."
         )
 
     # Emitting ----------------------------------------------------------------

@@ -448,20 +448,12 @@ class BatchNormalization(keras.layers.Layer):
                 x, self._reduction_axes, self._param_shape, k, mask,
                 self.skip_nonfinite_updates,
             )
+        # A fully masked channel gets mean 0 and variance 0, as in Keras: its
+        # outputs stay finite and its moving statistics are left untouched.
         batch = statistics.batch_statistics(
             x, self._reduction_axes, self._param_shape, mask,
             self.synchronized, self.skip_nonfinite_updates,
         )
-        if mask is not None and not self.synchronized:
-            # A channel with no unmasked element normalizes with the moving
-            # statistics, so its outputs stay finite.
-            has_data = batch.count > 0
-            batch = batch._replace(
-                mean=ops.where(has_data, batch.mean, ops.cast(self.moving_mean, x.dtype)),
-                variance=ops.where(
-                    has_data, batch.variance, ops.cast(self.moving_variance, x.dtype)
-                ),
-            )
         return batch, x
 
     def _gamma_and_beta(self, decision, mean, variance, dtype):
@@ -569,13 +561,22 @@ class BatchNormalization(keras.layers.Layer):
     def _warn_if_fresh_statistics(self, decision):
         """Once per layer, on the first call (or trace) that normalizes with
         the moving statistics: warn if they were never updated (the seed
-        question). One host read, once; nothing is compiled in. Where the
-        variables cannot be read while tracing (JAX's stateless calls), only
-        the debug records (which check every real execution) can tell."""
+        question). One host read, once, and nothing compiled in; only where
+        Keras's JAX trainer has moved the variables' values into the compiled
+        function (predict/evaluate), a tiny on-device check that calls back
+        only while the statistics are still fresh. While debugging, the
+        records check every real execution instead."""
         if self._checked_fresh_statistics or decision.branch is not Branch.MOVING:
             return
         if self.debugging or backend_ops.is_shape_inference():
             return
         self._checked_fresh_statistics = True
-        if self._records.never_updated_now():
+        fresh = self._records.never_updated_now()
+        if fresh:
             self._records.warn_never_updated()
+        elif fresh is None and backend_ops.value_moved_to_trainer(self.moving_mean):
+            predicate = self._records.never_updated_on_device()
+            if predicate is not None:
+                backend_ops.call_on_host_if(
+                    predicate, self._records.warn_never_updated
+                )

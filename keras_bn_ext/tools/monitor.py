@@ -61,11 +61,22 @@ class StatsMonitor(keras.callbacks.Callback):
 
     Example:
 
-    >>> monitor = keras_bn_ext.callbacks.StatsMonitor(every_n_steps=10,
+    >>> import numpy as np, keras, keras_bn_ext
+    >>> model = keras.Sequential([keras.Input((3,)),
+    ...     keras_bn_ext.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> monitor = keras_bn_ext.callbacks.StatsMonitor(every_n_steps=2,
     ...                                               batch_stats=True)
-    >>> model.fit(x, y, epochs=3, callbacks=[monitor])  # doctest: +SKIP
-    >>> monitor.save("bn_stats.csv")                    # doctest: +SKIP
-    >>> monitor.plot("bn_stats.png")                    # doctest: +SKIP
+    >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=2,
+    ...               verbose=0, callbacks=[monitor])
+    >>> [r.step for r in monitor.records("bn", "moving")]
+    [0, 2, 4]
+    >>> [r.step for r in monitor.records("bn", "batch")]
+    [1, 2, 3, 4]
+    >>> monitor.save("bn_stats.csv")  # doctest: +SKIP
+    'bn_stats.csv'
+    >>> monitor.plot("bn_stats.png")  # doctest: +SKIP
+    'bn_stats.png'
     """
 
     def __init__(self, layers=None, every_n_steps=None, batch_stats=False,
@@ -223,7 +234,7 @@ class StatsMonitor(keras.callbacks.Callback):
                       _numpy(layer.moving_variance))
 
     def _plot_one(self, ax, layer, stat, channels):
-        for source, style in (("batch", dict(s=6, alpha=0.35)),
+        for source, style in (("batch", dict(s=9, alpha=0.55)),
                               ("moving", dict(linewidth=1.8))):
             records = self.records(layer, source)
             if not records:
