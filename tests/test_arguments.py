@@ -7,9 +7,9 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import keras_bn_ext
-from conftest import to_numpy
 
 BN = keras_bn_ext.BatchNormalization
 EPSILON = 1e-3

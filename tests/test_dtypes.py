@@ -14,11 +14,11 @@ dtype: rtol = atol = 2**-10 for float16, 2**-7 for bfloat16 (their epsilons).
 import keras
 import numpy as np
 import pytest
+from conftest import BACKEND
+from conftest import to_numpy
 from keras import ops
 
 import keras_bn_ext
-from conftest import BACKEND
-from conftest import to_numpy
 
 BN = keras_bn_ext.BatchNormalization
 EPSILON = 1e-3

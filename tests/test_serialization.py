@@ -11,10 +11,10 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-
-import keras_bn_ext
 from conftest import BACKEND
 from conftest import to_numpy
+
+import keras_bn_ext
 
 BN = keras_bn_ext.BatchNormalization
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -19,10 +19,10 @@ Tolerances, and why:
 import keras
 import numpy as np
 import pytest
-
-import keras_bn_ext
 from conftest import BACKEND
 from conftest import to_numpy
+
+import keras_bn_ext
 
 EPSILON = 1e-3  # Keras's default, used by the layer and the reference alike.
 

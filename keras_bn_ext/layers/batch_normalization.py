@@ -326,6 +326,7 @@ class BatchNormalization(keras.layers.Layer):
         updated = None
         if decision.update:
             updated = self._update_moving_statistics(batch, x.dtype)
+            self._checked_fresh_statistics = True  # it trains: no seed warning
 
         # 4. Normalize.
         outputs = self._normalize(x, mean, variance, gamma, beta)
