@@ -130,9 +130,9 @@ def _data(seed=0):
 
 @pytest.mark.parametrize(
     "bn_kwargs",
-    [{}, {"momentum": None}, {"debias": True, "track_updates": True},
+    [{}, {"momentum": None, "track_updates": True},
      {"renorm": True, "renorm_clipping": {"rmax": 2.0}}],
-    ids=["default", "cumulative", "debias", "renorm"],
+    ids=["default", "cumulative_with_counter", "renorm"],
 )
 def test_keras_file_round_trip_after_training(tmp_path, bn_kwargs):
     x, y = _data()
