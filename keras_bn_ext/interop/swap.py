@@ -175,4 +175,6 @@ def _copy_weights(old, new):
             f"{[w.name for w in old_weights]}."
         )
     for source, target in zip(old_weights, new_weights):
-        target.assign(source.value)
+        # A copy: on JAX, assign() would share the buffer, and the other
+        # model's compiled fit/predict donates (deletes) its buffers.
+        target.assign(keras.ops.copy(source.value))

@@ -13,6 +13,7 @@ so it answers "what is in this model I was handed?" at a glance:
 
 import dataclasses
 import math
+import warnings
 from typing import Optional
 
 import keras
@@ -95,8 +96,9 @@ class LayerReport:
         mode: `"auto"`, `"moving"` or `"batch"` (always `"auto"` for Keras).
         updates: the update counter `num_batches_tracked`, if the layer
             keeps one, else None.
-        mean_min, mean_avg, mean_max: moving mean over channels.
-        var_min, var_avg, var_max: moving variance over channels.
+        mean_min, mean_avg, mean_max: moving mean over channels (NaNs
+            left out; NaN if all are).
+        var_min, var_avg, var_max: moving variance over channels (same).
         flags: problems found, keys of `FLAG_MEANINGS`.
     """
 
@@ -220,12 +222,12 @@ def _layer_report(path, layer, huge_variance):
         **common,
         channels=int(mean.size),
         updates=updates,
-        mean_min=_reduce(np.min, mean),
-        mean_avg=_reduce(np.mean, mean),
-        mean_max=_reduce(np.max, mean),
-        var_min=_reduce(np.min, variance),
-        var_avg=_reduce(np.mean, variance),
-        var_max=_reduce(np.max, variance),
+        mean_min=_reduce(np.nanmin, mean),
+        mean_avg=_reduce(np.nanmean, mean),
+        mean_max=_reduce(np.nanmax, mean),
+        var_min=_reduce(np.nanmin, variance),
+        var_avg=_reduce(np.nanmean, variance),
+        var_max=_reduce(np.nanmax, variance),
         flags=_flags(layer, mean, variance, updates, huge_variance),
     )
 
@@ -277,7 +279,9 @@ def _numpy(variable):
 
 
 def _reduce(fn, values):
-    with np.errstate(all="ignore"):
+    # NaN-aware, so one NaN channel (flagged anyway) hides nothing else.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels
         return float(fn(values.astype("float64")))
 
 

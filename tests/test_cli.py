@@ -1,0 +1,90 @@
+"""The command line: --help, inspect, --backend, one-line errors."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+from conftest import BACKEND
+
+import keras_bn_ext
+from keras_bn_ext.cli import main
+
+OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}[BACKEND]
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", "keras_bn_ext", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def _saved_model(tmp_path):
+    model = keras.Sequential([
+        keras.Input((3,)), keras.layers.Dense(4),
+        keras_bn_ext.BatchNormalization(track_updates=True, name="ours"),
+        keras.layers.BatchNormalization(name="theirs"),
+    ])
+    model(np.ones((4, 3), "float32"), training=True)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    return path
+
+
+def test_help_lists_the_commands():
+    result = _cli("--help")
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "inspect" in result.stdout
+    assert "--backend" in result.stdout
+
+
+def test_inspect_a_saved_model_on_another_backend(tmp_path):
+    result = _cli("--backend", OTHER_BACKEND, "inspect", _saved_model(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{OTHER_BACKEND} backend" in result.stdout
+    assert "BatchNormalization layers of model" in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if line.strip().startswith(("ours ", "theirs "))}
+    assert "keras_bn_ext" in rows["ours"] and " 1 " in rows["ours"]  # 1 update
+    assert "never_updated" not in rows["theirs"]
+
+
+def test_a_text_file_named_keras_is_a_one_line_error(tmp_path):
+    path = tmp_path / "x.keras"
+    path.write_text("not a model")
+    result = _cli("inspect", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [l for l in result.stderr.splitlines() if l.startswith("keras-bn-ext:")]
+    assert errors == [f"keras-bn-ext: error: {path} is not a Keras model file "
+                      "(a .keras file is a zip archive saved by model.save())."]
+    assert result.stdout == ""
+
+
+def test_bad_paths_give_one_line_errors(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    archive = tmp_path / "other.keras"
+    with zipfile.ZipFile(archive, "w") as f:
+        f.writestr("readme.txt", "a zip, but no model")
+    cases = {
+        str(tmp_path / "missing.keras"): "no such file",
+        str(tmp_path): "is a directory",
+        str(text): "is not a loadable Keras model",
+        str(archive): "is not a loadable Keras model",
+    }
+    for path, message in cases.items():
+        assert main(["inspect", path]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("keras-bn-ext: error: ")
+        assert message in lines[0]
+
+
+def test_inspect_in_process_prints_the_report(tmp_path, capsys):
+    assert main(["inspect", _saved_model(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 (1 keras, 1 keras_bn_ext)" in out
