@@ -399,8 +399,11 @@ class BatchNormalization(keras.layers.Layer):
 
     def _statistics_dtype(self, inputs):
         # BN is prone to overflow with float16/bfloat16 inputs, so statistics
-        # are computed in (at least) float32; integer inputs become float32.
-        return keras.backend.result_type(inputs.dtype, "float32")
+        # are computed in float32 (integer inputs too), and in float64 for
+        # float64 inputs (Keras's result_type gives float32 there on torch).
+        if keras.backend.standardize_dtype(inputs.dtype) == "float64":
+            return "float64"
+        return "float32"
 
     def _broadcast_shape(self, x):
         return [
