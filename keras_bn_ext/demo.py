@@ -14,12 +14,16 @@ def _rule(title):
 
 
 def run_demo():
+    with np.printoptions(precision=4, suppress=True):
+        _run_demo()
+
+
+def _run_demo():
     import keras
 
     import keras_bn_ext
     from keras_bn_ext import debug
 
-    np.set_printoptions(precision=4, suppress=True)
     print(f"keras_bn_ext demo on the {keras.backend.backend()} backend "
           f"(Keras {keras.__version__})")
 
