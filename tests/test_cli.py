@@ -57,7 +57,7 @@ def test_a_text_file_named_keras_is_a_one_line_error(tmp_path):
     result = _cli("inspect", str(path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    errors = [l for l in result.stderr.splitlines() if l.startswith("keras-bn-ext:")]
+    errors = [e for e in result.stderr.splitlines() if e.startswith("keras-bn-ext:")]
     assert errors == [f"keras-bn-ext: error: {path} is not a Keras model file "
                       "(a .keras file is a zip archive saved by model.save())."]
     assert result.stdout == ""

@@ -36,7 +36,7 @@ def test_finetune_frozen_bn_example():
 def test_recalibrate_example():
     out = run_example("recalibrate.py")
     assert "input_bn: 384 samples in 4 batches; moving mean == x.mean(axis=0)" in out
-    line = next(l for l in out.splitlines() if l.startswith("After recalibration"))
+    line = next(s for s in out.splitlines() if s.startswith("After recalibration"))
     after, before = (float(w.rstrip(")")) for w in (line.split()[4], line.split()[6]))
     assert after < before
 

@@ -75,6 +75,10 @@ def test_later_layers_see_recalibrated_earlier_layers_in_inference_mode():
     # With bn1 recalibrated, its outputs are standardized: bn2 sees Dense(that).
     np.testing.assert_allclose(stats["bn1"].variance, np.concatenate(batches).var(0),
                                rtol=1e-6)
+    # The passes stopped early at each layer left no call state behind.
+    before = to_numpy(model.get_layer("bn1").moving_mean)
+    model(batches[1], training=True)
+    assert not np.allclose(to_numpy(model.get_layer("bn1").moving_mean), before)
 
 
 def test_frozen_layers_trainable_weights_and_other_layers_are_untouched():
