@@ -1,0 +1,73 @@
+"""A tiny run of benchmarks/bench.py on the current backend, so the benchmark
+cannot rot: small shapes, one round, no timing assertions."""
+
+import math
+import os
+import sys
+
+import keras
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import bench  # noqa: E402
+import bench_steps  # noqa: E402
+import bench_timing  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+pytestmark = pytest.mark.skipif(
+    BACKEND not in bench.BACKENDS, reason=f"no benchmark for backend {BACKEND}"
+)
+
+
+# The two cases off the simplest path (channel axis 1; a mask), to stay fast:
+# every step compiles once per layer.
+CASES = tuple(c for c in bench_steps.TINY_CASES if c.axis == 1 or c.masked)
+
+
+def test_tiny_benchmark_prints_a_table_with_finite_ratios(capsys):
+    result = bench.run_backend(
+        BACKEND, cases=CASES, settings="tiny", memory=True, bandwidth=True,
+    )
+    rows = result["rows"]
+    # every case, and every step of this backend (train, inference, ...)
+    assert {r["case"] for r in rows} == {c.name for c in CASES}
+    assert len(rows) == len(CASES) * len(bench._groups(BACKEND, CASES[0], "none"))
+    for row in rows:
+        assert math.isfinite(row["ours_over_keras"]) and row["ours_over_keras"] > 0
+        assert all(math.isfinite(t) and t > 0 for t in row["median_ms"].values())
+        assert math.isfinite(row["roofline_ms"]) and row["roofline_ms"] > 0
+        if "ours_hook" in row["median_ms"]:
+            assert math.isfinite(row["hook_over_off"])
+    # the hook really ran, compiled in
+    assert result["hook_calls"] > 0
+
+    table = bench.format_table(result)
+    print(table)
+    print(bench.format_memory(result))
+    out = capsys.readouterr().out
+    assert "ours/keras" in out and "roofline ms" in out
+    for case in CASES:
+        assert case.name in out
+    assert bench.format_table(result, markdown=True).startswith("| backend |")
+
+
+def test_alternating_timer_and_median_ratio():
+    calls = []
+    times = bench_timing.time_group(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        rounds=3, target_s=0.0, warmup=1,
+    )
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    # after warm-up and calibration (2 calls each), rounds alternate the order
+    assert calls[:4] == ["a", "a", "b", "b"]
+    assert calls[4:6] == ["a", "b"] and calls[6:8] == ["b", "a"]
+    assert math.isfinite(bench_timing.median_ratio(times, "a", "b"))
+
+
+def test_step_bytes_counts_passes():
+    case = bench_steps.Case("dense", (4, 8), -1)
+    assert bench_steps.step_bytes(case, "infer") == 2 * 32 * 4
+    assert bench_steps.step_bytes(case, "train") == 8 * 32 * 4
