@@ -73,19 +73,9 @@ def _inspect(path):
         what = "is a directory, not a model file" if os.path.isdir(path) else "no such file"
         print(f"keras-bn-ext: error: {what}: {path}", file=sys.stderr)
         return 1
-    import keras
-
-    wanted = os.environ.get("KERAS_BACKEND")
-    if wanted and keras.backend.backend() != wanted:
-        # Importing keras_bn_ext (to reach this module) already imported Keras
-        # with another backend, and Keras cannot switch: run again in a fresh
-        # interpreter that starts on the requested backend.
-        import subprocess
-
-        command = [sys.executable, "-m", "keras_bn_ext", "inspect", path]
-        return subprocess.call(command, env=dict(os.environ, KERAS_BACKEND=wanted))
-
     import zipfile
+
+    import keras
 
     import keras_bn_ext  # registers the layer for deserialization
 
