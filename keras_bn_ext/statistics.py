@@ -120,13 +120,9 @@ def batch_statistics(x, axes, param_shape, mask=None, synchronized=False,
         count = reduced_count(x, axes)
     mean = ops.reshape(mean, param_shape)
     variance = ops.reshape(variance, param_shape)
-    valid = count > 0
-    if check_finite:
-        finite = ops.logical_and(
-            ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
-        )
-        valid = ops.logical_and(valid, finite)
-    return BatchStatistics(mean, variance, count, valid)
+    return BatchStatistics(
+        mean, variance, count, _validity(count, mean, variance, check_finite)
+    )
 
 
 def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
@@ -152,14 +148,22 @@ def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
         count = reduced_count(grouped, group_axes)
     mean = ops.reshape(mean, group_param_shape)
     variance = ops.reshape(variance, group_param_shape)
-    valid = ops.broadcast_to(count > 0, ops.shape(mean))
+    valid = ops.broadcast_to(
+        _validity(count, mean, variance, check_finite), ops.shape(mean)
+    )
+    return BatchStatistics(mean, variance, count, valid), grouped
+
+
+def _validity(count, mean, variance, check_finite):
+    """Per channel: non-empty and, when checked, the whole batch finite (one
+    non-finite channel means a bad batch, so no channel updates)."""
+    valid = count > 0
     if check_finite:
         finite = ops.logical_and(
             ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(variance))
         )
         valid = ops.logical_and(valid, finite)
-    stats = BatchStatistics(mean, variance, count, valid)
-    return stats, grouped
+    return valid
 
 
 def update_weight(momentum, debias, step):

@@ -23,6 +23,7 @@ Each module exposes the same functions:
 
 import keras
 
+from keras_bn_ext.backend import _common
 from keras_bn_ext.backend._common import is_shape_inference
 
 _name = keras.backend.backend()
@@ -35,15 +36,21 @@ elif _name == "torch":
 else:  # numpy / openvino: inference-only backends, no host callbacks needed.
     from keras_bn_ext.backend import _numpy as ops_impl
 
-moments = ops_impl.moments
-host_callback = ops_impl.host_callback
-host_value = ops_impl.host_value
-callbacks_supported = ops_impl.callbacks_supported
-all_reduce_sum = ops_impl.all_reduce_sum
-flush = ops_impl.flush
-multiply_add = ops_impl.multiply_add
-value_moved_to_trainer = ops_impl.value_moved_to_trainer
-call_on_host_if = ops_impl.call_on_host_if
+
+def _pick(name):
+    """The backend's own function, else the shared default in `_common`."""
+    return getattr(ops_impl, name, None) or getattr(_common, name)
+
+
+moments = _pick("moments")
+host_callback = _pick("host_callback")
+host_value = _pick("host_value")
+callbacks_supported = _pick("callbacks_supported")
+all_reduce_sum = _pick("all_reduce_sum")
+flush = _pick("flush")
+multiply_add = _pick("multiply_add")
+value_moved_to_trainer = _pick("value_moved_to_trainer")
+call_on_host_if = _pick("call_on_host_if")
 
 __all__ = [
     "is_shape_inference",

@@ -11,3 +11,19 @@ def to_numpy(payload, convert):
 def is_shape_inference():
     """True inside Keras's shape-inference pass (not a real execution)."""
     return in_symbolic_scope()
+
+
+# Defaults for backends whose variables can always be read on the host and
+# that run eagerly or fuse elementwise work themselves.
+
+
+def multiply_add(x, scale, offset):
+    return x * scale + offset
+
+
+def value_moved_to_trainer(variable):
+    return False
+
+
+def call_on_host_if(predicate, fn):
+    raise NotImplementedError  # never needed: variables are readable here

@@ -45,10 +45,6 @@ def flush():
     jax.effects_barrier()
 
 
-def multiply_add(x, scale, offset):
-    return x * scale + offset
-
-
 def value_moved_to_trainer(variable):
     """Keras's JAX trainer moves variable values into its compiled function
     (`_value` is None while predict/evaluate run)."""

@@ -28,15 +28,3 @@ def all_reduce_sum(tensors):
 
 def flush():
     pass
-
-
-def multiply_add(x, scale, offset):
-    return x * scale + offset
-
-
-def value_moved_to_trainer(variable):
-    return False
-
-
-def call_on_host_if(predicate, fn):
-    raise NotImplementedError  # never needed: variables are readable here

@@ -60,11 +60,3 @@ def flush():
 def multiply_add(x, scale, offset):
     # One fused kernel instead of a multiply and an add over the full tensor.
     return torch.addcmul(offset, x, scale)
-
-
-def value_moved_to_trainer(variable):
-    return False
-
-
-def call_on_host_if(predicate, fn):
-    raise NotImplementedError  # never needed: variables are readable here

@@ -80,7 +80,7 @@ def _short(array, n=4):
     return f"[{text}{' ...' if flat.size > n else ''}]"
 
 
-def _constant_value(initializer, shape):
+def constant_initializer_value(initializer, shape):
     """The values a deterministic initializer gives (NumPy, so it works while
     tracing too), else None."""
     if isinstance(initializer, initializers.Zeros):
@@ -107,8 +107,8 @@ class RecordBuilder:
     def initial_statistics(self):
         shape = self.layer._param_shape
         return (
-            _constant_value(self.layer.moving_mean_initializer, shape),
-            _constant_value(self.layer.moving_variance_initializer, shape),
+            constant_initializer_value(self.layer.moving_mean_initializer, shape),
+            constant_initializer_value(self.layer.moving_variance_initializer, shape),
         )
 
     def never_updated(self, moving_mean, moving_variance, num_batches_tracked=None):

@@ -18,8 +18,8 @@ from typing import Optional
 
 import keras
 import numpy as np
-from keras import initializers
 
+from keras_bn_ext.debug.records import constant_initializer_value
 from keras_bn_ext.layers import BatchNormalization
 
 # A moving variance above this is flagged: activations of that size usually
@@ -253,25 +253,14 @@ def _never_updated(layer, mean, variance, updates):
     # initializer gave (a random initializer leaves no trace to compare).
     if updates is not None:
         return updates == 0
-    initial_mean = _constant(layer.moving_mean_initializer, mean.shape)
-    initial_variance = _constant(layer.moving_variance_initializer, mean.shape)
+    initial_mean = constant_initializer_value(layer.moving_mean_initializer, mean.shape)
+    initial_variance = constant_initializer_value(layer.moving_variance_initializer, mean.shape)
     if initial_mean is None or initial_variance is None:
         return False
     return bool(
         np.array_equal(mean.astype("float32"), initial_mean)
         and np.array_equal(variance.astype("float32"), initial_variance)
     )
-
-
-def _constant(initializer, shape):
-    if isinstance(initializer, initializers.Zeros):
-        return np.zeros(shape, "float32")
-    if isinstance(initializer, initializers.Ones):
-        return np.ones(shape, "float32")
-    if isinstance(initializer, initializers.Constant):
-        value = initializer.get_config()["value"]
-        return np.full(shape, value, "float32")
-    return None
 
 
 def _numpy(variable):
