@@ -17,6 +17,8 @@ Each module exposes the same functions:
   backend runs eagerly (torch.addcmul).
 - `is_shape_inference()`: inside Keras's shape-inference pass (symbolic
   build, `compute_output_spec`), which is not a real execution.
+- `fused_batch_norm(...)`: the backend's native batch-norm kernel where it
+  beats the portable formula (torch), else None.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 """
@@ -49,6 +51,7 @@ callbacks_supported = _pick("callbacks_supported")
 all_reduce_sum = _pick("all_reduce_sum")
 flush = _pick("flush")
 multiply_add = _pick("multiply_add")
+fused_batch_norm = _pick("fused_batch_norm")
 value_moved_to_trainer = _pick("value_moved_to_trainer")
 call_on_host_if = _pick("call_on_host_if")
 
@@ -61,6 +64,7 @@ __all__ = [
     "all_reduce_sum",
     "flush",
     "multiply_add",
+    "fused_batch_norm",
     "value_moved_to_trainer",
     "call_on_host_if",
 ]

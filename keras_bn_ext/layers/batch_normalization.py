@@ -329,7 +329,7 @@ class BatchNormalization(keras.layers.Layer):
             self._checked_fresh_statistics = True  # it trains: no seed warning
 
         # 4. Normalize.
-        outputs = self._normalize(x, mean, variance, gamma, beta)
+        outputs = self._normalize(x, mean, variance, gamma, beta, batch, mask)
         if self.debugging:
             self._records.emit(decision, training, mean, variance, batch, updated)
         if batch is not None and self.virtual_batch_size:
@@ -545,7 +545,19 @@ class BatchNormalization(keras.layers.Layer):
             ),
         }
 
-    def _normalize(self, inputs, mean, variance, gamma, beta):
+    def _normalize(self, inputs, mean, variance, gamma, beta, batch, mask):
+        # A native fused kernel where the backend has one and the statistics
+        # are plain: the whole batch's (no mask, ghost or sync) or the moving.
+        plain_batch = batch is not None and not (
+            mask is not None or self.virtual_batch_size or self.synchronized
+        )
+        if batch is None or plain_batch:
+            fused = backend_ops.fused_batch_norm(
+                inputs, self._channel_axes, mean, variance, gamma, beta,
+                self.epsilon, batch_statistics=plain_batch,
+            )
+            if fused is not None:
+                return fused
         scale, offset = statistics.scale_and_offset(
             mean, variance, gamma, beta, self.epsilon
         )
