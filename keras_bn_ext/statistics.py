@@ -7,6 +7,7 @@ Everything here is a pure function of tensors; the layer owns the variables.
 import math
 from typing import NamedTuple
 
+import keras
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
@@ -58,12 +59,13 @@ def unmasked_moments(x, axes):
     if native is not None:
         return native
     shift = ops.stop_gradient(_first_element(x, axes))
-    centered = x - shift
-    count = ops.maximum(reduced_count(x, axes), 1.0)
+    dtype = backend_ops.accumulator_dtype(keras.backend.standardize_dtype(x.dtype))
+    centered = ops.cast(x - shift, dtype)
+    count = ops.maximum(ops.cast(reduced_count(x, axes), dtype), 1.0)
     mean_centered = ops.sum(centered, axis=axes, keepdims=True) / count
     mean_square = ops.sum(ops.square(centered), axis=axes, keepdims=True) / count
     variance = ops.relu(mean_square - ops.square(mean_centered))
-    return shift + mean_centered, variance
+    return shift + ops.cast(mean_centered, x.dtype), ops.cast(variance, x.dtype)
 
 
 def masked_moments(x, mask, axes):

@@ -190,3 +190,15 @@ def test_keras_torch_variance_is_wrong_where_ours_is_right():
     assert np.all(our_var >= 0)
     np.testing.assert_allclose(our_var, ref_var, rtol=1e-4)
     np.testing.assert_allclose(our_y, ref_y, rtol=1e-5, atol=4 * _ulp(x))
+
+
+@pytest.mark.parametrize("shape", [(65536, 4), (64, 32, 32, 8)])
+def test_many_elements_per_channel_keep_the_variance_accurate(shape):
+    # Large reductions expose float32 accumulation error (not cancellation):
+    # TensorFlow's sums lose ~1e-4 here unless they accumulate in float64.
+    x = (1e5 + np.random.default_rng(0).normal(size=shape)).astype("float32")
+    layer = keras_bn_ext.BatchNormalization(momentum=0.0)
+    layer(x, training=True)
+    reference = x.astype("float64").var(axis=tuple(range(len(shape) - 1)))
+    moving_variance = keras.ops.convert_to_numpy(layer.moving_variance)
+    np.testing.assert_allclose(moving_variance, reference, rtol=1e-5)

@@ -19,6 +19,7 @@ Each module exposes the same functions:
   build, `compute_output_spec`), which is not a real execution.
 - `fused_batch_norm(...)`: the backend's native batch-norm kernel where it
   beats the portable formula (torch), else None.
+- `accumulator_dtype(dtype)`: the dtype sums over a channel accumulate in.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 """
@@ -52,6 +53,7 @@ all_reduce_sum = _pick("all_reduce_sum")
 flush = _pick("flush")
 multiply_add = _pick("multiply_add")
 fused_batch_norm = _pick("fused_batch_norm")
+accumulator_dtype = _pick("accumulator_dtype")
 value_moved_to_trainer = _pick("value_moved_to_trainer")
 call_on_host_if = _pick("call_on_host_if")
 
@@ -65,6 +67,7 @@ __all__ = [
     "flush",
     "multiply_add",
     "fused_batch_norm",
+    "accumulator_dtype",
     "value_moved_to_trainer",
     "call_on_host_if",
 ]

@@ -17,6 +17,11 @@ def is_shape_inference():
 # that run eagerly or fuse elementwise work themselves.
 
 
+def accumulator_dtype(dtype):
+    # JAX/XLA and torch reduce float32 accurately (pairwise/vectorized).
+    return dtype
+
+
 def fused_batch_norm(x, channel_axes, mean, variance, gamma, beta, epsilon,
                      batch_statistics):
     # No native kernel to prefer: XLA fuses the portable formula.
