@@ -127,6 +127,23 @@ def batch_statistics(x, axes, param_shape, mask=None, synchronized=False,
     )
 
 
+def fused_batch_statistics(x, axes, param_shape, gamma, beta, epsilon,
+                           check_finite=True):
+    """Outputs and `BatchStatistics` from the backend's native training
+    kernel (one channel axis), or None where there is none."""
+    if len(param_shape) != 1 or len(axes) != len(x.shape) - 1:
+        return None
+    (axis,) = [i for i in range(len(x.shape)) if i not in axes]
+    fused = backend_ops.fused_batch_norm_training(x, axis, gamma, beta, epsilon)
+    if fused is None:
+        return None
+    outputs, mean, variance = fused
+    count = reduced_count(x, axes)
+    return outputs, BatchStatistics(
+        mean, variance, count, _validity(count, mean, variance, check_finite)
+    )
+
+
 def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
                      check_finite=True):
     """Statistics per virtual batch of `virtual_batch_size` samples.

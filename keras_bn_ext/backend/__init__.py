@@ -17,8 +17,10 @@ Each module exposes the same functions:
   backend runs eagerly (torch.addcmul).
 - `is_shape_inference()`: inside Keras's shape-inference pass (symbolic
   build, `compute_output_spec`), which is not a real execution.
-- `fused_batch_norm(...)`: the backend's native batch-norm kernel where it
-  beats the portable formula (torch), else None.
+- `fused_batch_norm_training(x, axis, gamma, beta, epsilon)` and
+  `fused_batch_norm_inference(...)`: the backend's native batch-norm kernels
+  where they beat the portable formula (torch), else None.
+- `is_compiling()`: inside torch.compile's tracing (else False).
 - `accumulator_dtype(dtype)`: the dtype sums over a channel accumulate in.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
@@ -52,7 +54,9 @@ callbacks_supported = _pick("callbacks_supported")
 all_reduce_sum = _pick("all_reduce_sum")
 flush = _pick("flush")
 multiply_add = _pick("multiply_add")
-fused_batch_norm = _pick("fused_batch_norm")
+fused_batch_norm_training = _pick("fused_batch_norm_training")
+fused_batch_norm_inference = _pick("fused_batch_norm_inference")
+is_compiling = _pick("is_compiling")
 accumulator_dtype = _pick("accumulator_dtype")
 value_moved_to_trainer = _pick("value_moved_to_trainer")
 call_on_host_if = _pick("call_on_host_if")
@@ -66,7 +70,9 @@ __all__ = [
     "all_reduce_sum",
     "flush",
     "multiply_add",
-    "fused_batch_norm",
+    "fused_batch_norm_training",
+    "fused_batch_norm_inference",
+    "is_compiling",
     "accumulator_dtype",
     "value_moved_to_trainer",
     "call_on_host_if",

@@ -17,15 +17,28 @@ def is_shape_inference():
 # that run eagerly or fuse elementwise work themselves.
 
 
+def moments(x, axes):
+    # None: use the portable shifted formula of keras_bn_ext.statistics.
+    return None
+
+
 def accumulator_dtype(dtype):
     # JAX/XLA and torch reduce float32 accurately (pairwise/vectorized).
     return dtype
 
 
-def fused_batch_norm(x, channel_axes, mean, variance, gamma, beta, epsilon,
-                     batch_statistics):
+def fused_batch_norm_training(x, axis, gamma, beta, epsilon):
     # No native kernel to prefer: XLA fuses the portable formula.
     return None
+
+
+def fused_batch_norm_inference(x, channel_axes, mean, variance, gamma, beta,
+                               epsilon):
+    return None
+
+
+def is_compiling():
+    return False
 
 
 def multiply_add(x, scale, offset):

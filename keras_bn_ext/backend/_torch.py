@@ -1,20 +1,9 @@
-"""PyTorch: fused stable moments (`torch.var_mean`) and direct callbacks."""
+"""PyTorch: native batch-norm kernels and direct host callbacks."""
 
 import torch
 
 from keras_bn_ext.backend._common import is_shape_inference
 from keras_bn_ext.backend._common import to_numpy
-
-
-def moments(x, axes):
-    # Keras's torch backend computes E[x^2] - E[x]^2, which goes negative for
-    # large-mean float32 inputs. torch.var_mean is one fused, stable pass.
-    if x.numel() == 0:
-        shape = [1 if i in axes else d for i, d in enumerate(x.shape)]
-        zeros = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return zeros, zeros
-    variance, mean = torch.var_mean(x, dim=axes, correction=0, keepdim=True)
-    return mean, variance
 
 
 def callbacks_supported():
@@ -57,28 +46,50 @@ def flush():
     pass
 
 
-def fused_batch_norm(x, channel_axes, mean, variance, gamma, beta, epsilon,
-                     batch_statistics):
-    """PyTorch's native batch-norm kernel (one fused pass, fused backward),
-    where the layout lets it run without a copy; else None.
+def fused_batch_norm_training(x, axis, gamma, beta, epsilon):
+    """Outputs, batch mean and biased variance from torch's native training
+    kernel (one call forward, one fused backward), for any single channel
+    axis; None for fewer than 2 values per channel or other dtypes.
 
-    batch_statistics=True: normalize with this batch's statistics, which the
-    kernel recomputes (stably) and differentiates natively; `mean` and
-    `variance` are then only used for the moving update and the records.
-    Otherwise `mean`/`variance` are constants (the moving statistics).
+    torch.var_mean over non-innermost axes is a scalar Welford loop (13-16x
+    a plain sum on CPU) and autograd through the portable formula adds
+    several full-size passes.
     """
+    import torch.nn.functional as F
+
+    channels = x.shape[axis]
+    count = x.numel() // max(channels, 1)
+    if count < 2 or x.dtype not in (torch.float32, torch.float64):
+        return None
+    # The 2-D and channels-last kernels sum in plain float32 and fold the
+    # normalization into x * a + b: for |mean| >> std that loses the
+    # variance. One element per channel subtracted first makes the values
+    # O(std); normalization and its gradient are shift-invariant.
+    index = tuple(slice(0, 1) if i != axis else slice(None) for i in range(x.ndim))
+    shift = x[index].detach()
+    centered = x - shift
+    if axis == x.ndim - 1:
+        view = centered.reshape(-1, channels)  # (rows, C): free, contiguous
+    else:
+        view = centered.movedim(axis, 1)  # (N, C, ...): a view
+    # Fresh buffers and momentum=1: the kernel writes this batch's mean and
+    # unbiased variance into them.
+    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    unbiased = torch.ones(channels, dtype=x.dtype, device=x.device)
+    out = F.batch_norm(view, mean, unbiased, gamma, beta, True, 1.0, epsilon)
+    out = out.reshape(x.shape) if axis == x.ndim - 1 else out.movedim(1, axis)
+    return out, mean + shift.reshape(-1), unbiased * ((count - 1) / count)
+
+
+def fused_batch_norm_inference(x, channel_axes, mean, variance, gamma, beta,
+                               epsilon):
+    """PyTorch's native inference kernel (one fused pass) where the layout
+    allows it without a copy; else None."""
     import torch.nn.functional as F
 
     if len(channel_axes) != 1 or x.ndim < 2:
         return None
     axis = channel_axes[0]
-    if batch_statistics:
-        # Only the channels-first kernel for rank >= 3 normalizes as
-        # (x - mean) * invstd; the 2-D and channels-last kernels fold it into
-        # x * a + b, which loses ~5 ulp of the mean for |mean| >> std.
-        if axis != 1 or x.ndim < 3:
-            return None
-        return F.batch_norm(x, None, None, gamma, beta, True, 0.0, epsilon)
     if axis == 1:
         view = x
     elif axis == x.ndim - 1 and x.is_contiguous():
@@ -87,6 +98,10 @@ def fused_batch_norm(x, channel_axes, mean, variance, gamma, beta, epsilon,
         return None
     out = F.batch_norm(view, mean, variance, gamma, beta, False, 0.0, epsilon)
     return out.reshape(x.shape)
+
+
+def is_compiling():
+    return torch.compiler.is_compiling()
 
 
 def multiply_add(x, scale, offset):

@@ -313,9 +313,10 @@ class BatchNormalization(keras.layers.Layer):
 
         # 2. Get the statistics (and renorm's correction, which reads the
         # renorm averages before this call updates them).
-        batch = None
+        batch, outputs = None, None
         if decision.branch is Branch.BATCH:
-            batch, x = self._batch_statistics(x, mask)
+            # (On torch a native kernel may normalize while it computes them.)
+            batch, x, outputs = self._batch_statistics(x, mask)
             mean, variance = batch.mean, batch.variance
         else:
             mean = ops.cast(self.moving_mean, x.dtype)
@@ -329,7 +330,8 @@ class BatchNormalization(keras.layers.Layer):
             self._checked_fresh_statistics = True  # it trains: no seed warning
 
         # 4. Normalize.
-        outputs = self._normalize(x, mean, variance, gamma, beta, batch, mask)
+        if outputs is None:
+            outputs = self._normalize(x, mean, variance, gamma, beta, batch)
         if self.debugging:
             self._records.emit(decision, training, mean, variance, batch, updated)
         if batch is not None and self.virtual_batch_size:
@@ -439,8 +441,9 @@ class BatchNormalization(keras.layers.Layer):
         )
 
     def _batch_statistics(self, x, mask):
-        """This batch's `BatchStatistics`, and `x` grouped (G, k, ...) when
-        statistics are per virtual batch."""
+        """This batch's `BatchStatistics`, `x` (grouped (G, k, ...) for
+        virtual batches), and the outputs where a native kernel computed
+        them with the statistics (else None)."""
         k = self.virtual_batch_size
         if k:
             if x.shape[0] is not None and x.shape[0] % k != 0:
@@ -448,17 +451,28 @@ class BatchNormalization(keras.layers.Layer):
                     "`virtual_batch_size` must divide the batch size. Received: "
                     f"virtual_batch_size={k}, batch size={x.shape[0]}"
                 )
-            return statistics.ghost_statistics(
+            batch, grouped = statistics.ghost_statistics(
                 x, self._reduction_axes, self._param_shape, k, mask,
                 self.skip_nonfinite_updates,
             )
+            return batch, grouped, None
+        if mask is None and not (self.synchronized or self.renorm):
+            fused = statistics.fused_batch_statistics(
+                x, self._reduction_axes, self._param_shape,
+                ops.cast(self.gamma, x.dtype) if self.scale else None,
+                ops.cast(self.beta, x.dtype) if self.center else None,
+                self.epsilon, self.skip_nonfinite_updates,
+            )
+            if fused is not None:
+                outputs, batch = fused
+                return batch, x, outputs
         # A fully masked channel gets mean 0 and variance 0, as in Keras: its
         # outputs stay finite and its moving statistics are left untouched.
         batch = statistics.batch_statistics(
             x, self._reduction_axes, self._param_shape, mask,
             self.synchronized, self.skip_nonfinite_updates,
         )
-        return batch, x
+        return batch, x, None
 
     def _gamma_and_beta(self, decision, mean, variance, dtype):
         gamma = ops.cast(self.gamma, dtype) if self.scale else None
@@ -545,16 +559,11 @@ class BatchNormalization(keras.layers.Layer):
             ),
         }
 
-    def _normalize(self, inputs, mean, variance, gamma, beta, batch, mask):
-        # A native fused kernel where the backend has one and the statistics
-        # are plain: the whole batch's (no mask, ghost or sync) or the moving.
-        plain_batch = batch is not None and not (
-            mask is not None or self.virtual_batch_size or self.synchronized
-        )
-        if batch is None or plain_batch:
-            fused = backend_ops.fused_batch_norm(
+    def _normalize(self, inputs, mean, variance, gamma, beta, batch):
+        if batch is None:  # the moving statistics: a native kernel if any
+            fused = backend_ops.fused_batch_norm_inference(
                 inputs, self._channel_axes, mean, variance, gamma, beta,
-                self.epsilon, batch_statistics=plain_batch,
+                self.epsilon,
             )
             if fused is not None:
                 return fused
@@ -585,6 +594,10 @@ class BatchNormalization(keras.layers.Layer):
         if self._checked_fresh_statistics or decision.branch is not Branch.MOVING:
             return
         if self.debugging or backend_ops.is_shape_inference():
+            return
+        if backend_ops.is_compiling():
+            # A host read breaks torch.compile's graph, and the broken graph
+            # stays in dynamo's cache; eager calls and the records check.
             return
         self._checked_fresh_statistics = True
         fresh = self._records.never_updated_now()
