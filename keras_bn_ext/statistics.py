@@ -38,6 +38,12 @@ def reduced_count(x, axes):
     return ops.cast(count, x.dtype)
 
 
+def _static_count(x, axes):
+    """Elements per channel if known at trace time, else None."""
+    dims = [x.shape[a] for a in axes]
+    return None if None in dims else math.prod(dims)
+
+
 def _first_element(x, axes):
     """The first element of each channel (0 for an empty batch).
 
@@ -59,7 +65,9 @@ def unmasked_moments(x, axes):
     if native is not None:
         return native
     shift = ops.stop_gradient(_first_element(x, axes))
-    dtype = backend_ops.accumulator_dtype(keras.backend.standardize_dtype(x.dtype))
+    dtype = backend_ops.accumulator_dtype(
+        keras.backend.standardize_dtype(x.dtype), _static_count(x, axes)
+    )
     centered = ops.cast(x - shift, dtype)
     count = ops.maximum(ops.cast(reduced_count(x, axes), dtype), 1.0)
     mean_centered = ops.sum(centered, axis=axes, keepdims=True) / count

@@ -21,7 +21,8 @@ Each module exposes the same functions:
   `fused_batch_norm_inference(...)`: the backend's native batch-norm kernels
   where they beat the portable formula (torch), else None.
 - `is_compiling()`: inside torch.compile's tracing (else False).
-- `accumulator_dtype(dtype)`: the dtype sums over a channel accumulate in.
+- `accumulator_dtype(dtype, count)`: the dtype sums over a channel accumulate
+  in, given the elements per channel (None: unknown at trace time).
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 """

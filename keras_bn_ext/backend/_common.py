@@ -22,7 +22,7 @@ def moments(x, axes):
     return None
 
 
-def accumulator_dtype(dtype):
+def accumulator_dtype(dtype, count=None):
     # JAX/XLA and torch reduce float32 accurately (pairwise/vectorized).
     return dtype
 

@@ -10,11 +10,15 @@ def moments(x, axes):
     return None
 
 
-def accumulator_dtype(dtype):
-    # TensorFlow's float32 reductions accumulate with little pairing: over
-    # ~65k elements per channel the variance loses ~1e-4 (relative). float64
-    # accumulators (the cast fuses into the reduction under XLA) keep ~1e-7.
-    return "float64" if dtype == "float32" else dtype
+def accumulator_dtype(dtype, count=None):
+    # TensorFlow's float32 reductions accumulate with little pairing: the
+    # variance's relative error grows with the elements per channel (~1e-4
+    # at 65k). float64 accumulators keep ~1e-7 but cost up to 1.5x a train
+    # step, so they are used only where float32 loses: large or unknown
+    # (dynamic) counts.
+    if dtype == "float32" and (count is None or count > 8192):
+        return "float64"
+    return dtype
 
 
 def _in_xla_context():
