@@ -57,9 +57,10 @@ def _first_element(x, axes):
 def unmasked_moments(x, axes):
     """Mean and biased variance over `axes`, keepdims, numerically stable.
 
-    A shifted one-pass formula: with `s` one element of the channel,
-    `var = E[(x-s)^2] - E[x-s]^2` has no catastrophic cancellation when
-    |mean| >> std (E[x^2] - E[x]^2 does, and goes negative in float32).
+    Shifted two-pass: with `s` one element of each channel, the mean is
+    `s + E[x - s]` (no large-magnitude sums) and the variance is
+    `E[(x - s - E[x - s])^2]` (no cancellation, unlike E[x^2] - E[x]^2,
+    which goes negative in float32 for |mean| >> std).
     """
     native = backend_ops.moments(x, axes)
     if native is not None:
@@ -71,8 +72,10 @@ def unmasked_moments(x, axes):
     centered = ops.cast(x - shift, dtype)
     count = ops.maximum(ops.cast(reduced_count(x, axes), dtype), 1.0)
     mean_centered = ops.sum(centered, axis=axes, keepdims=True) / count
-    mean_square = ops.sum(ops.square(centered), axis=axes, keepdims=True) / count
-    variance = ops.relu(mean_square - ops.square(mean_centered))
+    variance = (
+        ops.sum(ops.square(centered - mean_centered), axis=axes, keepdims=True)
+        / count
+    )
     return shift + ops.cast(mean_centered, x.dtype), ops.cast(variance, x.dtype)
 
 
