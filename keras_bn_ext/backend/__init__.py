@@ -1,7 +1,7 @@
 """The few operations `keras.ops` cannot express, one small module per backend.
 
 The module is chosen once, at import time, from `keras.backend.backend()`.
-Each module exposes the same functions:
+Each module defines only what differs from the defaults in `_common.py`:
 
 - `moments(x, axes)`: numerically stable per-channel mean and biased variance,
   or `None` to let `keras_bn_ext.statistics` use its portable shifted formula.

@@ -51,3 +51,16 @@ def value_moved_to_trainer(variable):
 
 def call_on_host_if(predicate, fn):
     raise NotImplementedError  # never needed: variables are readable here
+
+
+def callbacks_supported():
+    return True, ""
+
+
+def all_reduce_sum(tensors):
+    # Not distributed (or, under JAX sharding, reductions are global already).
+    return tensors
+
+
+def flush():
+    pass

@@ -5,11 +5,6 @@ import tensorflow as tf
 from keras_bn_ext.backend._common import to_numpy
 
 
-def moments(x, axes):
-    # The portable shifted one-pass formula fuses well under tf.function/XLA.
-    return None
-
-
 def accumulator_dtype(dtype, count=None):
     # TensorFlow's float32 reductions accumulate with little pairing: the
     # variance's relative error grows with the elements per channel (~1e-4
@@ -69,7 +64,3 @@ def all_reduce_sum(tensors):
     return [
         replica_ctx.all_reduce(tf.distribute.ReduceOp.SUM, t) for t in tensors
     ]
-
-
-def flush():
-    pass

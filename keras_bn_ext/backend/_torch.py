@@ -6,10 +6,6 @@ from keras_bn_ext.backend._common import is_shape_inference
 from keras_bn_ext.backend._common import to_numpy
 
 
-def callbacks_supported():
-    return True, ""
-
-
 def host_callback(fn, payload):
     # Keras runs call() once on meta/dummy tensors to infer output shapes:
     # that is not a real execution, so it makes no record.
@@ -40,10 +36,6 @@ def all_reduce_sum(tensors):
     from torch.distributed.nn.functional import all_reduce
 
     return [all_reduce(t) for t in tensors]
-
-
-def flush():
-    pass
 
 
 def fused_batch_norm_training(x, axis, gamma, beta, epsilon):
