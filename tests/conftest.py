@@ -9,6 +9,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from keras_bn_ext import debug  # noqa: E402
+
 BACKEND = keras.backend.backend()
 
 
@@ -20,11 +22,8 @@ def to_numpy(x):
 def _isolate():
     """Each test starts with a fixed seed, the default dtype policy and no
     leftover global debug hooks or captures."""
-    from keras_bn_ext.debug import registry
-
     keras.utils.set_random_seed(1234)
     policy = keras.config.dtype_policy()
     yield
     keras.config.set_dtype_policy(policy)
-    registry._global_hooks.clear()
-    registry._captures.clear()
+    debug.reset()

@@ -352,6 +352,20 @@ def test_capture_yields_only_records_made_inside():
     assert inner[0] is outer[1]
 
 
+def test_reset_removes_global_hooks_and_ends_captures():
+    layer = keras_bn_ext.BatchNormalization()
+    everyone, mine = [], []
+    debug.add_hook(everyone.append)
+    layer.add_debug_hook(mine.append)
+    with debug.capture() as records:
+        layer(X, training=True)
+        debug.reset()
+        layer(X, training=True)  # the block still runs, and exits cleanly
+    assert len(everyone) == 1 and len(records) == 1
+    assert len(mine) == 2  # per-layer hooks stay
+    assert not keras_bn_ext.BatchNormalization().debugging  # zero cost again
+
+
 def test_debug_true_logs_one_line_per_call(caplog):
     caplog.set_level(logging.INFO, logger="keras_bn_ext")
     layer = keras_bn_ext.BatchNormalization(name="logged_bn", debug=True)

@@ -6,6 +6,7 @@
   `StatsRecord`s made inside it.
 - `retrace(model)`: make a model's compiled `fit`/`evaluate`/`predict`
   functions pick up hooks switched on (or off) after they were compiled.
+- `reset()`: remove every global hook and end every active capture.
 - `BatchNormalization(debug=True)`: one log line per call on the standard
   `logging` logger `"keras_bn_ext"`.
 
@@ -19,6 +20,7 @@ from keras_bn_ext.debug.records import StatsRecord
 from keras_bn_ext.debug.registry import HookHandle
 from keras_bn_ext.debug.registry import add_hook
 from keras_bn_ext.debug.registry import capture
+from keras_bn_ext.debug.registry import reset
 from keras_bn_ext.debug.registry import retrace
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "HookHandle",
     "add_hook",
     "capture",
+    "reset",
     "retrace",
 ]

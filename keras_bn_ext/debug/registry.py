@@ -54,6 +54,28 @@ def add_hook(fn):
     return add_hook_to(_global_hooks, fn)
 
 
+def reset():
+    """Removes every global hook and ends every active capture.
+
+    Per-layer hooks (`layer.add_debug_hook`) stay. A `capture` block that is
+    still open keeps the records made before the reset and gets no more.
+    Useful between tests or notebook cells, so one run's hooks do not see the
+    next run's calls.
+
+    Example:
+
+    >>> import numpy as np, keras_bn_ext
+    >>> seen = []
+    >>> _ = keras_bn_ext.debug.add_hook(seen.append)
+    >>> keras_bn_ext.debug.reset()
+    >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
+    >>> seen
+    []
+    """
+    _global_hooks.clear()
+    _captures.clear()
+
+
 def is_active():
     """Whether any global hook or capture is active (trace-time check)."""
     return bool(_global_hooks or _captures)
@@ -107,7 +129,9 @@ def capture(model=None):
         yield records
     finally:
         backend_ops.flush()
-        _captures.remove(records)
+        # By identity: another open capture may hold an equal list, and
+        # `reset()` may already have ended this one.
+        _captures[:] = [other for other in _captures if other is not records]
         if model is not None:
             retrace(model)
 
