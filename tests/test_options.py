@@ -6,97 +6,16 @@ debug records, explain(), and a pass through compiled fit/predict."""
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+import reference
+from helpers import moving_statistics
+from helpers import to_numpy
 
 import keras_bn_ext
 from keras_bn_ext import BatchNormalization
 
-EPS = 1e-3
 # float32 statistics against a float64 reference.
 ATOL = 1e-5
 RTOL = 1e-5
-
-
-# NumPy reference -------------------------------------------------------------
-
-
-def reduction_axes(ndim, channel_axis):
-    channel_axis %= ndim
-    return tuple(i for i in range(ndim) if i != channel_axis)
-
-
-def moments(x, axes):
-    """Mean, biased variance and element count per channel, in float64."""
-    x = np.asarray(x, "float64")
-    count = int(np.prod([x.shape[a] for a in axes]))
-    return x.mean(axis=axes), x.var(axis=axes), count
-
-
-def ghost_moments(x, axes, k):
-    """Per virtual batch of k samples: (G, C) mean and variance, count."""
-    x = np.asarray(x, "float64")
-    grouped = x.reshape((-1, k) + x.shape[1:])
-    group_axes = tuple([1] + [a + 1 for a in axes if a != 0])
-    count = int(np.prod([grouped.shape[a] for a in group_axes]))
-    return grouped.mean(axis=group_axes), grouped.var(axis=group_axes), count
-
-
-def normalize(x, mean, var, channel_axis=-1, gamma=1.0, beta=0.0, eps=EPS):
-    x = np.asarray(x, "float64")
-    shape = [1] * x.ndim
-    shape[channel_axis] = -1
-
-    def b(v):
-        return np.reshape(np.asarray(v, "float64"), shape) if np.ndim(v) else v
-
-    return (x - b(mean)) / np.sqrt(b(var) + eps) * b(gamma) + b(beta)
-
-
-def ghost_normalize(x, k, channel_axis=-1, eps=EPS):
-    """Each virtual batch of k samples normalized with its own statistics."""
-    x = np.asarray(x, "float64")
-    axes = reduction_axes(x.ndim, channel_axis)
-    out = np.empty_like(x)
-    for start in range(0, x.shape[0], k):
-        part = x[start:start + k]
-        mean, var, _ = moments(part, axes)
-        out[start:start + k] = normalize(part, mean, var, channel_axis, eps=eps)
-    return out
-
-
-def reference_moving(batches, channel_axis=-1, momentum=0.99, debias=False,
-                     unbiased=False, virtual_batch_size=None, mean0=0.0,
-                     var0=1.0):
-    """The moving statistics and update count after training on `batches`.
-
-    The update is `moving += w * (batch - moving)` with `w = 1 - momentum`
-    (Keras), `1 / t` (cumulative) or `(1 - m) / (1 - m^t)` (debiased).
-    """
-    channels = np.asarray(batches[0]).shape[channel_axis]
-    moving_mean = np.full(channels, mean0, "float64")
-    moving_var = np.full(channels, var0, "float64")
-    t = 0
-    for x in batches:
-        axes = reduction_axes(np.ndim(x), channel_axis)
-        if virtual_batch_size:
-            mean, var, n = ghost_moments(x, axes, virtual_batch_size)
-            mean, var = mean.mean(axis=0), var.mean(axis=0)
-        else:
-            mean, var, n = moments(x, axes)
-        if unbiased:
-            if n <= 1:
-                continue  # PyTorch's n/(n-1) is undefined: no update.
-            var = var * n / (n - 1)
-        t += 1
-        if momentum is None:
-            w = 1.0 / t
-        elif debias:
-            w = (1.0 - momentum) / (1.0 - momentum**t)
-        else:
-            w = 1.0 - momentum
-        moving_mean = moving_mean + w * (mean - moving_mean)
-        moving_var = moving_var + w * (var - moving_var)
-    return moving_mean, moving_var, t
 
 
 def make_batches(shapes, seed=0, loc=2.0, scale=3.0):
@@ -104,13 +23,15 @@ def make_batches(shapes, seed=0, loc=2.0, scale=3.0):
     return [rng.normal(loc, scale, shape).astype("float32") for shape in shapes]
 
 
-def moving_stats(layer):
-    return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
-
-
 def set_moving_stats(layer, mean, var):
     layer.moving_mean.assign(np.asarray(mean, "float32"))
     layer.moving_variance.assign(np.asarray(var, "float32"))
+
+
+def assert_moving_statistics(layer, mean, variance):
+    actual_mean, actual_variance = moving_statistics(layer)
+    np.testing.assert_allclose(actual_mean, mean, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(actual_variance, variance, atol=ATOL, rtol=RTOL)
 
 
 # Default layout ---------------------------------------------------------------
@@ -147,8 +68,8 @@ def test_mode_moving_always_uses_moving_stats_and_never_updates(training, traina
     with keras_bn_ext.debug.capture() as records:
         y = to_numpy(layer(x, training=training))
 
-    np.testing.assert_allclose(y, normalize(x, mean0, var0), atol=ATOL, rtol=RTOL)
-    mean, var = moving_stats(layer)
+    np.testing.assert_allclose(y, reference.normalize(x, mean0, var0), atol=ATOL, rtol=RTOL)
+    mean, var = moving_statistics(layer)
     np.testing.assert_array_equal(mean, np.float32(mean0))
     np.testing.assert_array_equal(var, np.float32(var0))
     (record,) = records
@@ -171,29 +92,27 @@ def test_mode_batch_outside_training_uses_batch_stats_without_update(training):
     with keras_bn_ext.debug.capture() as records:
         y = to_numpy(layer(x, training=training))
 
-    mean, var, n = moments(x, (0,))
-    np.testing.assert_allclose(y, normalize(x, mean, var), atol=ATOL, rtol=RTOL)
-    moving_mean, moving_var = moving_stats(layer)
+    expected = reference.batch_norm(x)
+    np.testing.assert_allclose(y, expected.output, atol=ATOL, rtol=RTOL)
+    moving_mean, moving_var = moving_statistics(layer)
     np.testing.assert_array_equal(moving_mean, np.float32([0.5, -1.0, 2.0]))
     np.testing.assert_array_equal(moving_var, np.float32([4.0, 0.25, 9.0]))
     (record,) = records
     assert record.branch == "batch" and not record.updated
     assert "mode='batch'" in record.reason
-    assert record.count == n
-    np.testing.assert_allclose(record.mean, mean, atol=ATOL)
+    assert record.count == expected.count
+    np.testing.assert_allclose(record.mean, expected.mean, atol=ATOL)
 
 
 def test_mode_batch_in_training_uses_batch_stats_and_updates():
     batches = make_batches([(6, 3), (6, 3)])
     layer = BatchNormalization(mode="batch", momentum=0.9)
-    for x in batches:
+    expected = reference.train(batches, momentum=0.9)
+    for x, step in zip(batches, expected):
         y = to_numpy(layer(x, training=True))
-        mean, var, _ = moments(x, (0,))
-        np.testing.assert_allclose(y, normalize(x, mean, var), atol=ATOL, rtol=RTOL)
-    expected_mean, expected_var, _ = reference_moving(batches, momentum=0.9)
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(y, step.output, atol=ATOL, rtol=RTOL)
+    state = expected[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
 
 
 def test_mode_batch_frozen_layer_does_not_update():
@@ -202,9 +121,8 @@ def test_mode_batch_frozen_layer_does_not_update():
     layer.build(x.shape)
     layer.trainable = False
     y = to_numpy(layer(x, training=True))
-    mean, var, _ = moments(x, (0,))
-    np.testing.assert_allclose(y, normalize(x, mean, var), atol=ATOL, rtol=RTOL)
-    moving_mean, moving_var = moving_stats(layer)
+    np.testing.assert_allclose(y, reference.batch_norm(x).output, atol=ATOL, rtol=RTOL)
+    moving_mean, moving_var = moving_statistics(layer)
     np.testing.assert_array_equal(moving_mean, np.zeros(3, "float32"))
     np.testing.assert_array_equal(moving_var, np.ones(3, "float32"))
 
@@ -238,11 +156,11 @@ def test_mode_moving_in_fit_never_updates_and_predict_uses_moving_stats():
     model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
     y = model.predict(x, batch_size=8, verbose=0)
 
-    mean, var = moving_stats(layer)
+    mean, var = moving_statistics(layer)
     np.testing.assert_array_equal(mean, np.float32(mean0))
     np.testing.assert_array_equal(var, np.float32(var0))
     gamma, beta = current_affine(layer)
-    expected = normalize(x, mean0, var0, gamma=gamma, beta=beta)
+    expected = reference.normalize(x, mean0, var0, gamma=gamma, beta=beta)
     np.testing.assert_allclose(y, expected, atol=ATOL, rtol=RTOL)
 
 
@@ -252,24 +170,20 @@ def test_mode_batch_in_fit_updates_and_predict_uses_each_batch_stats():
     model = single_layer_model(layer)
 
     model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
-    expected_mean, expected_var, _ = reference_moving(
-        [x[i:i + 8] for i in range(0, 32, 8)], momentum=0.9
-    )
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+    state = reference.train([x[i:i + 8] for i in range(0, 32, 8)], momentum=0.9)[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    mean, var = moving_statistics(layer)
 
     # predict normalizes each batch of 16 with its own statistics, no update.
     y = model.predict(x, batch_size=16, verbose=0)
     gamma, beta = current_affine(layer)
     for start in (0, 16):
         part = x[start:start + 16]
-        bm, bv, _ = moments(part, (0,))
         np.testing.assert_allclose(
-            y[start:start + 16], normalize(part, bm, bv, gamma=gamma, beta=beta),
+            y[start:start + 16], reference.batch_norm(part, gamma=gamma, beta=beta).output,
             atol=ATOL, rtol=RTOL,
         )
-    after_mean, after_var = moving_stats(layer)
+    after_mean, after_var = moving_statistics(layer)
     np.testing.assert_array_equal(after_mean, mean)
     np.testing.assert_array_equal(after_var, var)
 
@@ -286,8 +200,8 @@ def test_cumulative_average_is_the_plain_mean_of_batch_statistics():
     for k, x in enumerate(batches, start=1):
         layer(x, training=True)
         layer(x, training=False)  # inference never counts
-        stats.append(moments(x, (0,))[:2])
-        mean, var = moving_stats(layer)
+        stats.append(reference.moments(x)[:2])
+        mean, var = moving_statistics(layer)
         np.testing.assert_allclose(
             mean, np.mean([s[0] for s in stats], axis=0), atol=ATOL, rtol=RTOL
         )
@@ -306,7 +220,7 @@ def test_cumulative_average_forgets_the_initial_value():
         moving_variance_initializer=keras.initializers.Constant(5.0),
     )
     layer(x, training=True)
-    mean, var, _ = moments(x, (0,))
+    mean, var, _ = reference.moments(x)
     np.testing.assert_allclose(to_numpy(layer.moving_mean), mean, atol=ATOL)
     np.testing.assert_allclose(to_numpy(layer.moving_variance), var, atol=ATOL)
 
@@ -320,23 +234,21 @@ def test_cumulative_average_forgets_the_initial_value():
 def test_unbiased_moving_variance_stores_n_over_n_minus_1(shape, axis):
     batches = make_batches([shape, shape])
     layer = BatchNormalization(axis=axis, momentum=0.9, unbiased_moving_variance=True)
-    for x in batches:
+    expected = reference.train(batches, axis=axis, momentum=0.9,
+                               unbiased_moving_variance=True)
+    for x, step in zip(batches, expected):
         y = to_numpy(layer(x, training=True))
-        mean, var, n = moments(x, reduction_axes(x.ndim, axis))
-        assert n > 1
+        assert step.count > 1
         # Normalization uses the biased variance, as PyTorch does.
         np.testing.assert_allclose(
-            y, normalize(x, mean, var, axis), atol=ATOL, rtol=RTOL
+            y, reference.normalize(x, step.mean, step.variance, axis), atol=ATOL, rtol=RTOL
         )
-    expected_mean, expected_var, _ = reference_moving(
-        batches, channel_axis=axis, momentum=0.9, unbiased=True
-    )
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+    state = expected[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
     # And not the biased one (the test can tell them apart).
-    biased = reference_moving(batches, channel_axis=axis, momentum=0.9)[1]
-    assert not np.allclose(var, biased, atol=ATOL, rtol=RTOL)
+    biased = reference.train(batches, axis=axis, momentum=0.9)[-1].state
+    assert not np.allclose(moving_statistics(layer)[1], biased.moving_variance,
+                           atol=ATOL, rtol=RTOL)
 
 
 def test_unbiased_moving_variance_skips_a_batch_of_one_and_flags_it():
@@ -349,7 +261,7 @@ def test_unbiased_moving_variance_skips_a_batch_of_one_and_flags_it():
         y = to_numpy(layer(x, training=True))
 
     assert np.all(np.isfinite(y))
-    mean, var = moving_stats(layer)
+    mean, var = moving_statistics(layer)
     np.testing.assert_array_equal(mean, np.full(3, 0.5, "float32"))
     np.testing.assert_array_equal(var, np.full(3, 2.0, "float32"))
     assert int(to_numpy(layer.num_batches_tracked)) == 0
@@ -366,11 +278,9 @@ def test_unbiased_moving_variance_counts_spatial_elements():
     (x,) = make_batches([(1, 4, 5, 2)])
     layer = BatchNormalization(momentum=0.5, unbiased_moving_variance=True)
     layer(x, training=True)
-    expected_mean, expected_var, t = reference_moving([x], momentum=0.5, unbiased=True)
-    assert t == 1
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+    state = reference.batch_norm(x, momentum=0.5, unbiased_moving_variance=True).state
+    assert state.num_batches_tracked == 1
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
 
 
 # debias -------------------------------------------------------------------------
@@ -388,13 +298,11 @@ def test_debias_is_exact_after_one_step_for_any_initial_value(mean_init, var_ini
         moving_variance_initializer=var_init,
     )
     layer(x, training=True)
-    mean, var, _ = moments(x, (0,))
-    moving_mean, moving_var = moving_stats(layer)
-    np.testing.assert_allclose(moving_mean, mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(moving_var, var, atol=ATOL, rtol=RTOL)
+    mean, var, _ = reference.moments(x)
+    assert_moving_statistics(layer, mean, var)
     # So inference right after one step normalizes that batch properly.
     y = to_numpy(layer(x, training=False))
-    np.testing.assert_allclose(y, normalize(x, mean, var), atol=1e-4)
+    np.testing.assert_allclose(y, reference.normalize(x, mean, var), atol=1e-4)
     assert int(to_numpy(layer.num_batches_tracked)) == 1
 
 
@@ -416,18 +324,15 @@ def test_debias_after_k_steps_matches_the_closed_form_of_keras_ema():
         v_t = to_numpy(plain.moving_variance).astype("float64")
         expected_mean = (m_t - beta**t * mean0) / (1 - beta**t)
         expected_var = (v_t - beta**t * var0) / (1 - beta**t)
-        mean, var = moving_stats(ours)
+        mean, var = moving_statistics(ours)
         # Dividing by 1 - beta^t amplifies Keras's float32 rounding.
         np.testing.assert_allclose(mean, expected_mean, atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(var, expected_var, atol=1e-4, rtol=1e-4)
     # And against the float64 reference, tighter.
-    expected_mean, expected_var, t = reference_moving(
-        batches, momentum=beta, debias=True, mean0=mean0, var0=var0
-    )
-    mean, var = moving_stats(ours)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
-    assert int(to_numpy(ours.num_batches_tracked)) == t == 5
+    state = reference.train(batches, reference.initial_state(3, mean0, var0),
+                            momentum=beta, debias=True)[-1].state
+    assert_moving_statistics(ours, state.moving_mean, state.moving_variance)
+    assert int(to_numpy(ours.num_batches_tracked)) == state.num_batches_tracked == 5
 
 
 # virtual_batch_size -------------------------------------------------------------
@@ -440,21 +345,16 @@ def test_debias_after_k_steps_matches_the_closed_form_of_keras_ema():
 def test_virtual_batches_normalize_each_group_and_average_the_update(shape, axis, k):
     batches = make_batches([shape, shape])
     layer = BatchNormalization(axis=axis, momentum=0.9, virtual_batch_size=k)
-    for x in batches:
+    expected = reference.train(batches, axis=axis, momentum=0.9, virtual_batch_size=k)
+    for x, step in zip(batches, expected):
         y = to_numpy(layer(x, training=True))
         assert y.shape == x.shape
-        np.testing.assert_allclose(
-            y, ghost_normalize(x, k, axis), atol=ATOL, rtol=RTOL
-        )
+        np.testing.assert_allclose(y, step.output, atol=ATOL, rtol=RTOL)
         # Not the same as normalizing the whole batch (the test can fail).
-        whole_mean, whole_var, _ = moments(x, reduction_axes(x.ndim, axis))
-        assert not np.allclose(y, normalize(x, whole_mean, whole_var, axis), atol=1e-3)
-    expected_mean, expected_var, _ = reference_moving(
-        batches, channel_axis=axis, momentum=0.9, virtual_batch_size=k
-    )
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+        whole = reference.batch_norm(x, axis=axis).output
+        assert not np.allclose(y, whole, atol=1e-3)
+    state = expected[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
 
 
 def test_virtual_batches_leave_inference_unchanged():
@@ -465,7 +365,8 @@ def test_virtual_batches_leave_inference_unchanged():
     # 6 is not a multiple of 4, but inference does not split the batch.
     y = to_numpy(layer(x, training=False))
     np.testing.assert_allclose(
-        y, normalize(x, [0.5, -1.0, 2.0], [4.0, 0.25, 9.0]), atol=ATOL, rtol=RTOL
+        y, reference.normalize(x, [0.5, -1.0, 2.0], [4.0, 0.25, 9.0]), atol=ATOL,
+        rtol=RTOL,
     )
 
 
@@ -525,10 +426,8 @@ def test_track_updates_counts_only_real_updates():
     layer(batches[0], training=True)  # frozen: no update
     assert int(to_numpy(layer.num_batches_tracked)) == 3
     # The counter changes nothing in the statistics themselves.
-    expected_mean, expected_var, _ = reference_moving(batches, momentum=0.9)
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+    state = reference.train(batches, momentum=0.9)[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
 
 
 def test_counter_does_not_count_an_empty_batch():
@@ -641,16 +540,15 @@ def test_records_report_the_counter_and_ghost_statistics():
     assert [r.num_batches_tracked for r in records] == [1, 2, 3, 3]
     assert [r.updated for r in records] == [True, True, True, False]
     # The statistics used are per virtual batch: (G, C).
-    groups_mean, groups_var, count = ghost_moments(batches[-1], (0,), 4)
+    expected = reference.train(batches, momentum=None, virtual_batch_size=4)
     assert records[2].mean.shape == (2, 3)
-    np.testing.assert_allclose(records[2].mean, groups_mean, atol=ATOL)
-    np.testing.assert_allclose(records[2].variance, groups_var, atol=ATOL, rtol=RTOL)
-    expected_mean, expected_var, _ = reference_moving(
-        batches, momentum=None, virtual_batch_size=4
-    )
-    np.testing.assert_allclose(records[2].moving_mean, expected_mean, atol=ATOL)
-    np.testing.assert_allclose(records[3].moving_variance, expected_var, atol=ATOL,
+    np.testing.assert_allclose(records[2].mean, expected[2].mean, atol=ATOL)
+    np.testing.assert_allclose(records[2].variance, expected[2].variance, atol=ATOL,
                                rtol=RTOL)
+    state = expected[-1].state
+    np.testing.assert_allclose(records[2].moving_mean, state.moving_mean, atol=ATOL)
+    np.testing.assert_allclose(records[3].moving_variance, state.moving_variance,
+                               atol=ATOL, rtol=RTOL)
 
 
 def test_records_report_debiased_and_unbiased_moving_statistics():
@@ -662,7 +560,7 @@ def test_records_report_debiased_and_unbiased_moving_statistics():
     with keras_bn_ext.debug.capture() as records:
         layer(x, training=True)
     (record,) = records
-    mean, var, n = moments(x, (0,))
+    mean, var, n = reference.moments(x)
     assert record.num_batches_tracked == 1
     # Debiased: exactly this batch after one step; unbiased: n/(n-1) var stored,
     # biased var used.
@@ -738,28 +636,25 @@ def test_options_in_fit_match_the_numpy_reference(options):
         model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False,
                   verbose=0)
     batches = [x[i:i + 8] for i in range(0, 32, 8)]
-    expected_mean, expected_var, t = reference_moving(
-        batches,
-        momentum=options.get("momentum", 0.99),
-        debias=options.get("debias", False),
-        unbiased=options.get("unbiased_moving_variance", False),
-        virtual_batch_size=options.get("virtual_batch_size"),
-        mean0=1.0 if options.get("moving_mean_initializer") == "ones" else 0.0,
+    initial = reference.initial_state(
+        3, 1.0 if options.get("moving_mean_initializer") == "ones" else 0.0
     )
-    mean, var = moving_stats(layer)
-    np.testing.assert_allclose(mean, expected_mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(var, expected_var, atol=ATOL, rtol=RTOL)
+    statistics_options = {k: v for k, v in options.items() if k in (
+        "momentum", "debias", "unbiased_moving_variance", "virtual_batch_size")}
+    state = reference.train(batches, initial, **statistics_options)[-1].state
+    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    mean, var = moving_statistics(layer)
     assert [r.updated for r in records] == [True] * 4
     if layer.num_batches_tracked is not None:
-        assert int(to_numpy(layer.num_batches_tracked)) == t == 4
+        assert int(to_numpy(layer.num_batches_tracked)) == state.num_batches_tracked == 4
         assert [r.num_batches_tracked for r in records] == [1, 2, 3, 4]
 
     # predict: the moving statistics, unchanged (virtual batches included).
     y = model.predict(x, batch_size=16, verbose=0)
     gamma, beta = current_affine(layer)
     np.testing.assert_allclose(
-        y, normalize(x, mean, var, gamma=gamma, beta=beta), atol=1e-4, rtol=1e-4
+        y, reference.normalize(x, mean, var, gamma=gamma, beta=beta), atol=1e-4, rtol=1e-4
     )
-    after_mean, after_var = moving_stats(layer)
+    after_mean, after_var = moving_statistics(layer)
     np.testing.assert_array_equal(after_mean, mean)
     np.testing.assert_array_equal(after_var, var)

@@ -1,0 +1,58 @@
+"""Small helpers the test files import (conftest.py holds only fixtures).
+
+Numerical expectations come from `reference.py`; the layer harness is
+`harness.py`.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def to_numpy(x):
+    """A backend tensor or variable as a NumPy array."""
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def weight_values(layer):
+    """A copy of every weight of `layer`, to compare before and after."""
+    return [to_numpy(w).copy() for w in layer.weights]
+
+
+def assert_weights_equal(before, after):
+    """Bitwise equal, dtype included; NaN equals NaN (what "untouched" means)."""
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        assert b.dtype == a.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def moving_statistics(layer):
+    """The layer's moving mean and variance as NumPy arrays."""
+    return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
+
+
+def config_json(config):
+    """A layer config as JSON with sorted keys: how `.keras` files store it
+    (it must survive JSON), and comparable whatever the key order."""
+    return json.dumps(config, sort_keys=True)
+
+
+def run_example(name, *args):
+    """Runs `examples/<name>` on this backend; returns what it printed."""
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Backend: {BACKEND}" in result.stdout
+    return result.stdout
