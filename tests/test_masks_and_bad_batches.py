@@ -11,40 +11,14 @@ would fail.
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+import reference
+from helpers import assert_weights_equal
+from helpers import to_numpy
+from helpers import weight_values
 
 import keras_bn_ext
 
 BN = keras_bn_ext.BatchNormalization
-EPSILON = 1e-3
-
-
-def _state(layer):
-    """A copy of every weight, to compare bitwise before and after a call."""
-    return [to_numpy(w).copy() for w in layer.weights]
-
-
-def _assert_state_equal(before, after):
-    assert len(before) == len(after)
-    for b, a in zip(before, after):
-        # assert_array_equal treats NaN == NaN, which is what "untouched" means.
-        assert b.dtype == a.dtype
-        np.testing.assert_array_equal(a, b)
-
-
-def _masked_reference(x, full_mask, axes):
-    """float64 per-channel mean, variance and normalized output over the
-    elements where `full_mask` (the shape of `x`) is True."""
-    axes = [a % x.ndim for a in axes]
-    reduce = tuple(i for i in range(x.ndim) if i not in axes)
-    x64 = np.where(full_mask, x.astype("float64"), 0.0)
-    count = full_mask.sum(axis=reduce, keepdims=True)
-    with np.errstate(invalid="ignore"):  # a fully masked channel: 0/0, unused
-        mean = x64.sum(axis=reduce, keepdims=True) / count
-        var = (np.where(full_mask, x64 - mean, 0.0) ** 2).sum(axis=reduce, keepdims=True) / count
-    y = (x.astype("float64") - mean) / np.sqrt(var + EPSILON)
-    param_shape = tuple(x.shape[a] for a in axes)
-    return mean.reshape(param_shape), var.reshape(param_shape), y
 
 
 def _random_mask(shape, seed=0, p=0.6):
@@ -93,16 +67,18 @@ def _case(name, seed=0):
 @pytest.mark.parametrize("name", list(MASK_CASES))
 def test_masked_statistics_are_numpy_statistics_of_unmasked_elements(name):
     x, axis, mask, full, axes = _case(name)
-    ref_mean, ref_var, ref_y = _masked_reference(x, full, axes)
+    expected = reference.batch_norm(x, axis=axes, mask=full)
     layer = BN(axis=axis, momentum=0.0)
 
     y = to_numpy(layer(x, training=True, mask=mask))
 
     # momentum=0: the moving statistics are the batch's masked statistics.
-    np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(to_numpy(layer.moving_variance), ref_var, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.mean, rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), expected.variance,
+                               rtol=1e-6, atol=1e-7)
     # Every position (masked or not) is normalized with those statistics.
-    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, expected.output, rtol=1e-5, atol=1e-6)
 
 
 def test_keras_fails_on_axis1_mask_where_ours_works():
@@ -111,10 +87,10 @@ def test_keras_fails_on_axis1_mask_where_ours_works():
     x, axis, mask, full, axes = _case("axis1_rank3")
     with pytest.raises(Exception):
         keras.layers.BatchNormalization(axis=1)(x, training=True, mask=mask)
-    ref_mean, _, _ = _masked_reference(x, full, axes)
     layer = BN(axis=1, momentum=0.0)
     layer(x, training=True, mask=mask)
-    np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=1e-6)
+    expected = reference.batch_norm(x, axis=axes, mask=full)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.mean, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf, 3e38])
@@ -131,7 +107,7 @@ def test_masked_positions_do_not_affect_statistics(name, bad_value):
     clean_y = to_numpy(clean_layer(x, training=True, mask=mask))
     dirty_y = to_numpy(dirty_layer(dirty, training=True, mask=mask))
 
-    _assert_state_equal(_state(clean_layer), _state(dirty_layer))
+    assert_weights_equal(weight_values(clean_layer), weight_values(dirty_layer))
     assert np.all(np.isfinite(to_numpy(dirty_layer.moving_variance)))
     np.testing.assert_array_equal(dirty_y[full], clean_y[full])
 
@@ -149,11 +125,11 @@ def _trained_layer(axis, x):
 def test_fully_masked_batch_leaves_moving_statistics_untouched(name):
     x, axis, mask, full, axes = _case(name)
     layer = _trained_layer(axis, x)
-    before = _state(layer)
+    before = weight_values(layer)
 
     y = to_numpy(layer(x, training=True, mask=np.zeros_like(mask)))
 
-    _assert_state_equal(before, _state(layer))
+    assert_weights_equal(before, weight_values(layer))
     assert y.shape == x.shape
     assert np.all(np.isfinite(y))
 
@@ -165,7 +141,9 @@ def test_fully_masked_channel_leaves_that_channel_untouched():
     layer = _trained_layer(axis, x)
     old_mean = to_numpy(layer.moving_mean).copy()
     old_var = to_numpy(layer.moving_variance).copy()
-    ref_mean, ref_var, _ = _masked_reference(x, mask, axes=[-1])
+    expected = reference.batch_norm(
+        x, reference.State(old_mean, old_var), mask=mask, momentum=0.5
+    ).state
 
     y = to_numpy(layer(x, training=True, mask=mask))
 
@@ -173,8 +151,8 @@ def test_fully_masked_channel_leaves_that_channel_untouched():
     new_var = to_numpy(layer.moving_variance)
     assert new_mean[1] == old_mean[1] and new_var[1] == old_var[1]
     for c in (0, 2):  # the other channels follow momentum=0.5 exactly
-        np.testing.assert_allclose(new_mean[c], 0.5 * old_mean[c] + 0.5 * ref_mean[c], rtol=1e-6)
-        np.testing.assert_allclose(new_var[c], 0.5 * old_var[c] + 0.5 * ref_var[c], rtol=1e-6)
+        np.testing.assert_allclose(new_mean[c], expected.moving_mean[c], rtol=1e-6)
+        np.testing.assert_allclose(new_var[c], expected.moving_variance[c], rtol=1e-6)
     assert np.all(np.isfinite(y))
 
 
@@ -199,11 +177,11 @@ def test_keras_fully_masked_batch_decays_variance_where_ours_does_not():
 def test_empty_batch_leaves_moving_statistics_untouched(shape, axis):
     full_shape = tuple(s or 2 for s in shape)
     layer = _trained_layer(axis, np.random.default_rng(0).random(full_shape).astype("float32"))
-    before = _state(layer)
+    before = weight_values(layer)
 
     y = to_numpy(layer(np.zeros(shape, "float32"), training=True))
 
-    _assert_state_equal(before, _state(layer))
+    assert_weights_equal(before, weight_values(layer))
     assert y.shape == shape
 
 
@@ -225,13 +203,13 @@ def test_keras_empty_batch_writes_nan_where_ours_does_not():
 def test_nonfinite_batch_does_not_update_but_output_shows_it(shape, axis, bad_value):
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     layer = _trained_layer(axis, x)
-    before = _state(layer)
+    before = weight_values(layer)
     dirty = x.copy()
     dirty.flat[3] = bad_value
 
     y = to_numpy(layer(dirty, training=True))
 
-    _assert_state_equal(before, _state(layer))
+    assert_weights_equal(before, weight_values(layer))
     # The user must see the problem: the output is not all finite.
     assert not np.all(np.isfinite(y))
     assert np.any(np.isnan(y))
@@ -248,10 +226,10 @@ def test_skip_nonfinite_updates_false_lets_nan_through(bad_value):
     moving_var = to_numpy(layer.moving_variance)
     # Channel 1 is poisoned (Keras's behaviour); the others are updated normally.
     assert not np.isfinite(moving_mean[1]) and np.isnan(moving_var[1])
-    ref = x.astype("float64")
-    np.testing.assert_allclose(moving_mean[[0, 2]], 0.5 * ref[:, [0, 2]].mean(0), rtol=1e-6)
+    expected = reference.batch_norm(x, momentum=0.5).state
+    np.testing.assert_allclose(moving_mean[[0, 2]], expected.moving_mean[[0, 2]], rtol=1e-6)
     np.testing.assert_allclose(
-        moving_var[[0, 2]], 0.5 + 0.5 * ref[:, [0, 2]].var(0), rtol=1e-6
+        moving_var[[0, 2]], expected.moving_variance[[0, 2]], rtol=1e-6
     )
 
 
@@ -283,13 +261,10 @@ def test_fit_nan_batch_does_not_poison_moving_statistics():
     # now), but BN's input is the data, and its moving statistics saw only
     # batches 0 and 2.
     assert np.isnan(history.history["loss"][-1])
-    ref_mean, ref_var = np.zeros(4), np.ones(4)
-    for batch in (x[0:8], x[16:24]):
-        b = batch.astype("float64")
-        ref_mean = 0.5 * ref_mean + 0.5 * b.mean(0)
-        ref_var = 0.5 * ref_var + 0.5 * b.var(0)
-    np.testing.assert_allclose(to_numpy(bn.moving_mean), ref_mean, rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(bn.moving_variance), ref_var, rtol=1e-6)
+    expected = reference.train([x[0:8], x[16:24]], momentum=0.5)[-1].state
+    np.testing.assert_allclose(to_numpy(bn.moving_mean), expected.moving_mean, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(bn.moving_variance), expected.moving_variance,
+                               rtol=1e-6)
 
 
 def test_fit_nan_batch_poisons_when_skipping_is_off():
@@ -317,7 +292,9 @@ def test_fit_with_masking_layer_uses_exact_masked_statistics():
     model.fit(x, np.zeros((16, 6, 1), "float32"), batch_size=8, epochs=1, shuffle=False,
               verbose=0)
 
-    full = np.broadcast_to(np.any(x[:8] != 0, axis=-1, keepdims=True), (8, 6, 3))
-    mean, var, _ = _masked_reference(x[:8], full, axes=[-1])
-    np.testing.assert_allclose(to_numpy(bn.moving_mean), 0.5 * mean, rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(bn.moving_variance), 0.5 + 0.5 * var, rtol=1e-6)
+    # The state after batch 0; the fully masked batch 1 changed nothing.
+    mask = np.any(x[:8] != 0, axis=-1, keepdims=True)
+    expected = reference.batch_norm(x[:8], mask=mask, momentum=0.5).state
+    np.testing.assert_allclose(to_numpy(bn.moving_mean), expected.moving_mean, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(bn.moving_variance), expected.moving_variance,
+                               rtol=1e-6)
