@@ -19,12 +19,13 @@ Tolerances, and why:
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import to_numpy
+import reference
+from helpers import BACKEND
+from helpers import to_numpy
 
 import keras_bn_ext
 
-EPSILON = 1e-3  # Keras's default, used by the layer and the reference alike.
+EPSILON = reference.EPSILON  # Keras's default, the layer's and the reference's.
 
 # (mean, std): |mean|/std from 1 to 1e6, positive and negative.
 MEAN_STD = [
@@ -63,17 +64,6 @@ def _inputs(shape, axis, mean, std, seed=0):
     return x.astype("float32")
 
 
-def _reference(x, axis):
-    """float64 mean, biased variance and normalized output of float32 `x`."""
-    axis = axis % x.ndim
-    reduce = tuple(i for i in range(x.ndim) if i != axis)
-    x64 = x.astype("float64")
-    mean = x64.mean(axis=reduce, keepdims=True)
-    var = x64.var(axis=reduce, keepdims=True)
-    y = (x64 - mean) / np.sqrt(var + EPSILON)
-    return mean.reshape(-1), var.reshape(-1), y
-
-
 def _ulp(x):
     """One unit in the last place of the largest float32 input."""
     return np.spacing(np.float32(np.abs(x).max()))
@@ -83,7 +73,7 @@ def _ulp(x):
 @pytest.mark.parametrize("mean,std", MEAN_STD)
 def test_training_call_matches_float64_reference(shape, axis, mean, std):
     x = _inputs(shape, axis, mean, std)
-    ref_mean, ref_var, ref_y = _reference(x, axis)
+    expected = reference.batch_norm(x, axis=axis)
     layer = keras_bn_ext.BatchNormalization(axis=axis, momentum=0.0)
 
     y = to_numpy(layer(x, training=True))
@@ -92,11 +82,11 @@ def test_training_call_matches_float64_reference(shape, axis, mean, std):
     moving_var = to_numpy(layer.moving_variance)
     moving_mean = to_numpy(layer.moving_mean)
     assert np.all(moving_var >= 0)
-    np.testing.assert_allclose(moving_var, ref_var, rtol=1e-4)
-    np.testing.assert_allclose(moving_mean, ref_mean, rtol=0, atol=4 * _ulp(x))
+    np.testing.assert_allclose(moving_var, expected.variance, rtol=1e-4)
+    np.testing.assert_allclose(moving_mean, expected.mean, rtol=0, atol=4 * _ulp(x))
     assert y.dtype == np.float32
     # std is the smallest channel std (see _inputs).
-    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=4 * _ulp(x) / std)
+    np.testing.assert_allclose(y, expected.output, rtol=1e-5, atol=4 * _ulp(x) / std)
 
 
 @pytest.mark.parametrize("mean", [1e5, -1e5, 1e6])
@@ -104,11 +94,11 @@ def test_inference_after_update_matches_reference(mean):
     # The moving statistics written by a training call normalize a later
     # inference call as well as the batch statistics did.
     x = _inputs((256, 3), -1, mean, 1.0, seed=1)
-    _, _, ref_y = _reference(x, -1)
     layer = keras_bn_ext.BatchNormalization(momentum=0.0)
     layer(x, training=True)
     y = to_numpy(layer(x, training=False))
-    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=4 * _ulp(x))
+    np.testing.assert_allclose(y, reference.batch_norm(x).output, rtol=1e-5,
+                               atol=4 * _ulp(x))
 
 
 @pytest.mark.parametrize("value", [1e5, -1e5, 3e6, 12345.678])
@@ -132,18 +122,15 @@ def test_moving_average_over_several_steps_matches_float64():
     # momentum=0.9 over 5 large-mean batches: the moving variance follows the
     # float64 recursion from the float64 batch variances.
     layer = keras_bn_ext.BatchNormalization(momentum=0.9)
-    ref_mean = np.zeros(4)
-    ref_var = np.ones(4)
-    for step in range(5):
-        x = _inputs((128, 4), -1, 1e5 * (step + 1), 1.0, seed=10 + step)
-        mean, var, _ = _reference(x, -1)
-        ref_mean = 0.9 * ref_mean + 0.1 * mean
-        ref_var = 0.9 * ref_var + 0.1 * var
+    batches = [_inputs((128, 4), -1, 1e5 * (step + 1), 1.0, seed=10 + step)
+               for step in range(5)]
+    for x, expected in zip(batches, reference.train(batches, momentum=0.9)):
         layer(x, training=True)
         moving_var = to_numpy(layer.moving_variance)
         assert np.all(moving_var >= 0)
-        np.testing.assert_allclose(moving_var, ref_var, rtol=1e-4)
-        np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=1e-6)
+        np.testing.assert_allclose(moving_var, expected.state.moving_variance, rtol=1e-4)
+        np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.state.moving_mean,
+                                   rtol=1e-6)
 
 
 @pytest.mark.parametrize("mean", [1e4, -1e5, 1e6])
@@ -151,7 +138,7 @@ def test_fit_compiled_matches_float64_reference(mean):
     # Same bound inside compiled fit() (XLA on TF/JAX by default, the torch
     # training step on torch): BN first, so its input is the data itself.
     x = _inputs((64, 5, 3), -1, mean, 1.0, seed=2)
-    ref_mean, ref_var, _ = _reference(x, -1)
+    expected = reference.batch_norm(x)
     inputs = keras.Input((5, 3))
     bn = keras_bn_ext.BatchNormalization(momentum=0.0)
     outputs = keras.layers.Dense(1)(bn(inputs))
@@ -160,8 +147,9 @@ def test_fit_compiled_matches_float64_reference(mean):
     model.fit(x, np.zeros((64, 5, 1), "float32"), batch_size=64, epochs=1, verbose=0)
     moving_var = to_numpy(bn.moving_variance)
     assert np.all(moving_var >= 0)
-    np.testing.assert_allclose(moving_var, ref_var, rtol=1e-4)
-    np.testing.assert_allclose(to_numpy(bn.moving_mean), ref_mean, rtol=0, atol=4 * _ulp(x))
+    np.testing.assert_allclose(moving_var, expected.variance, rtol=1e-4)
+    np.testing.assert_allclose(to_numpy(bn.moving_mean), expected.mean, rtol=0,
+                               atol=4 * _ulp(x))
 
 
 @pytest.mark.skipif(
@@ -173,14 +161,14 @@ def test_keras_torch_variance_is_wrong_where_ours_is_right():
     # ~spacing(1e10) = 1024, so the variance comes out as a multiple of 1024.
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((64, 4)) + 1e5).astype("float32")
-    _, ref_var, ref_y = _reference(x, -1)
+    expected = reference.batch_norm(x)
 
     theirs = keras.layers.BatchNormalization(momentum=0.0)
     their_y = to_numpy(theirs(x, training=True))
     their_var = to_numpy(theirs.moving_variance)
     # Keras: the moving variance is off by far more than 1e-4, goes negative,
     # and the output has NaN (rsqrt of a negative variance).
-    assert not np.allclose(their_var, ref_var, rtol=1e-4)
+    assert not np.allclose(their_var, expected.variance, rtol=1e-4)
     assert np.any(their_var < 0)
     assert np.any(np.isnan(their_y))
 
@@ -188,8 +176,8 @@ def test_keras_torch_variance_is_wrong_where_ours_is_right():
     our_y = to_numpy(ours(x, training=True))
     our_var = to_numpy(ours.moving_variance)
     assert np.all(our_var >= 0)
-    np.testing.assert_allclose(our_var, ref_var, rtol=1e-4)
-    np.testing.assert_allclose(our_y, ref_y, rtol=1e-5, atol=4 * _ulp(x))
+    np.testing.assert_allclose(our_var, expected.variance, rtol=1e-4)
+    np.testing.assert_allclose(our_y, expected.output, rtol=1e-5, atol=4 * _ulp(x))
 
 
 @pytest.mark.parametrize("shape", [(65536, 4), (64, 32, 32, 8)])
@@ -199,6 +187,5 @@ def test_many_elements_per_channel_keep_the_variance_accurate(shape):
     x = (1e5 + np.random.default_rng(0).normal(size=shape)).astype("float32")
     layer = keras_bn_ext.BatchNormalization(momentum=0.0)
     layer(x, training=True)
-    reference = x.astype("float64").var(axis=tuple(range(len(shape) - 1)))
-    moving_variance = keras.ops.convert_to_numpy(layer.moving_variance)
-    np.testing.assert_allclose(moving_variance, reference, rtol=1e-5)
+    _, variance, _ = reference.moments(x)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), variance, rtol=1e-5)
