@@ -14,14 +14,15 @@ dtype: rtol = atol = 2**-10 for float16, 2**-7 for bfloat16 (their epsilons).
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import to_numpy
+import reference
+from helpers import BACKEND
+from helpers import to_numpy
 from keras import ops
 
 import keras_bn_ext
 
 BN = keras_bn_ext.BatchNormalization
-EPSILON = 1e-3
+EPSILON = reference.EPSILON
 OUTPUT_TOL = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 1e-5}
 
 
@@ -32,16 +33,6 @@ def _dtype(x):
 def _as_float64(x):
     """Values of a backend tensor of any float dtype as float64 NumPy."""
     return to_numpy(ops.cast(x, "float32")).astype("float64")
-
-
-def _reference(x64, axis=-1):
-    reduce = tuple(i for i in range(x64.ndim) if i != axis % x64.ndim)
-    mean = x64.mean(axis=reduce)
-    var = x64.var(axis=reduce)
-    shape = [1] * x64.ndim
-    shape[axis] = -1
-    y = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + EPSILON)
-    return mean, var, y
 
 
 def _data(shape=(256, 3), mean=100.0, std=1.0, seed=0):
@@ -57,10 +48,12 @@ def _assert_float32_weights(layer):
 
 def _assert_statistics(layer, x64):
     """momentum=0: moving statistics are the batch's, to float32 accuracy."""
-    ref_mean, ref_var, _ = _reference(x64)
+    expected = reference.batch_norm(x64)
     ulp = np.spacing(np.float32(np.abs(x64).max()))
-    np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=0, atol=4 * ulp)
-    np.testing.assert_allclose(to_numpy(layer.moving_variance), ref_var, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.mean, rtol=0,
+                               atol=4 * ulp)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), expected.variance,
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("input_dtype", ["float16", "bfloat16"])
@@ -76,7 +69,8 @@ def test_low_precision_inputs_under_float32_policy(input_dtype):
     assert _dtype(y) == "float32"
     _assert_float32_weights(layer)
     _assert_statistics(layer, x64)
-    np.testing.assert_allclose(to_numpy(y), _reference(x64)[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(y), reference.batch_norm(x64).output, rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -95,22 +89,25 @@ def test_mixed_policies_statistics_float32_output_compute_dtype(policy, renorm):
     assert _dtype(y) == compute_dtype
     _assert_float32_weights(layer)
     tol = OUTPUT_TOL[compute_dtype]
+    expected = reference.batch_norm(x64, momentum=0.0, renorm=renorm)
     if not renorm:
         _assert_statistics(layer, x64)
-        np.testing.assert_allclose(_as_float64(y), _reference(x64)[2], rtol=tol, atol=tol)
+        np.testing.assert_allclose(_as_float64(y), expected.output, rtol=tol, atol=tol)
     else:
         # Renorm's training output is corrected by (r, d) toward its renorm
         # averages (not the plain normalized batch), and its moving variance
         # goes through moving_stddev = sqrt(var + eps): one more float32
         # rounding, ~1e-7 relative.
-        ref_mean, ref_var, _ = _reference(x64)
-        np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=1e-6)
-        np.testing.assert_allclose(to_numpy(layer.moving_variance), ref_var, rtol=1e-4)
+        np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.state.moving_mean,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(layer.moving_variance),
+                                   expected.state.moving_variance, rtol=1e-4)
 
     # Inference with the moving statistics: same output, same dtype.
     y_inference = layer(x, training=False)
     assert _dtype(y_inference) == compute_dtype
-    np.testing.assert_allclose(_as_float64(y_inference), _reference(x64)[2], rtol=tol, atol=tol)
+    np.testing.assert_allclose(_as_float64(y_inference),
+                               reference.batch_norm(x64).output, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -136,7 +133,8 @@ def test_float16_no_overflow():
     assert _dtype(y) == "float16"
     assert np.all(np.isfinite(_as_float64(y)))
     _assert_statistics(layer, x64)
-    np.testing.assert_allclose(_as_float64(y), _reference(x64)[2], rtol=2.0**-10, atol=2.0**-10)
+    np.testing.assert_allclose(_as_float64(y), reference.batch_norm(x64).output,
+                               rtol=2.0**-10, atol=2.0**-10)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -239,7 +237,8 @@ def test_float64_policy_computes_in_float64():
     y = layer(ops.convert_to_tensor(x, "float64"), training=True)
     assert _dtype(y) == "float64"
     assert all(_dtype(w) == "float64" for w in layer.weights)
-    ref_mean, ref_var, ref_y = _reference(x)
-    np.testing.assert_allclose(to_numpy(layer.moving_mean), ref_mean, rtol=1e-14)
-    np.testing.assert_allclose(to_numpy(layer.moving_variance), ref_var, rtol=1e-10)
-    np.testing.assert_allclose(to_numpy(y), ref_y, rtol=1e-10, atol=1e-10)
+    expected = reference.batch_norm(x)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.mean, rtol=1e-14)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), expected.variance,
+                               rtol=1e-10)
+    np.testing.assert_allclose(to_numpy(y), expected.output, rtol=1e-10, atol=1e-10)
