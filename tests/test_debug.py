@@ -8,8 +8,9 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import to_numpy
+import reference
+from helpers import BACKEND
+from helpers import to_numpy
 
 import keras_bn_ext
 from keras_bn_ext import debug
@@ -32,35 +33,27 @@ def small_model(**bn_kwargs):
     return keras.Model(inputs, outputs), bn
 
 
-def reference_steps(x, steps, moving_mean=None, moving_variance=None):
-    """Float64 NumPy reference of `steps` training steps over consecutive
-    batches of `x` (shuffle=False): per step (mean, variance, moving mean
-    after, moving variance after)."""
-    x = x.astype("float64")
-    n_batches = len(x) // BATCH
-    mm = np.zeros(x.shape[1]) if moving_mean is None else moving_mean
-    mv = np.ones(x.shape[1]) if moving_variance is None else moving_variance
-    out = []
-    for step in range(steps):
-        batch = x[(step % n_batches) * BATCH:(step % n_batches + 1) * BATCH]
-        mean, var = batch.mean(axis=0), batch.var(axis=0)
-        mm = mm * MOMENTUM + mean * (1 - MOMENTUM)
-        mv = mv * MOMENTUM + var * (1 - MOMENTUM)
-        out.append((mean, var, mm.copy(), mv.copy()))
-    return out
+def reference_steps(x, steps, state=None):
+    """The reference's `reference.Result`s of `steps` training steps over
+    consecutive batches of `x` (shuffle=False, cycling as epochs do)."""
+    batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
+    return reference.train([batches[step % len(batches)] for step in range(steps)],
+                           state, momentum=MOMENTUM)
 
 
-def assert_matches_reference(records, reference):
-    assert len(records) == len(reference)
-    for record, (mean, var, mm, mv) in zip(records, reference):
+def assert_matches_reference(records, expected):
+    assert len(records) == len(expected)
+    for record, step in zip(records, expected):
         assert record.branch == "batch"
         assert record.training is True
         assert record.updated is True
         assert record.count == BATCH
-        np.testing.assert_allclose(record.mean, mean, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(record.variance, var, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(record.moving_mean, mm, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(record.moving_variance, mv, rtol=1e-5, atol=1e-5)
+        tol = dict(rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(record.mean, step.mean, **tol)
+        np.testing.assert_allclose(record.variance, step.variance, **tol)
+        np.testing.assert_allclose(record.moving_mean, step.state.moving_mean, **tol)
+        np.testing.assert_allclose(record.moving_variance, step.state.moving_variance,
+                                   **tol)
 
 
 def compile_default(model):
@@ -145,8 +138,8 @@ def test_predict_and_evaluate_use_the_moving_statistics(fitted):
         np.testing.assert_array_equal(record.moving_mean, fitted["moving_mean"])
     # And the predictions really are made with those statistics.
     gamma, beta = to_numpy(fitted["bn"].gamma), to_numpy(fitted["bn"].beta)
-    bn_out = (X - fitted["moving_mean"]) / np.sqrt(fitted["moving_variance"] + EPSILON)
-    bn_out = bn_out * gamma + beta
+    bn_out = reference.normalize(X, fitted["moving_mean"], fitted["moving_variance"],
+                                 gamma=gamma, beta=beta)
     dense = fitted["model"].layers[-1]
     kernel, bias = (to_numpy(w) for w in dense.weights)
     np.testing.assert_allclose(fitted["predictions"], bn_out @ kernel + bias,
@@ -196,15 +189,13 @@ def test_hook_enabled_after_fit_compiled_needs_retrace_then_records_flow():
     model, bn = small_model()
     compile_default(model)
     model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    moving_mean = to_numpy(bn.moving_mean).astype("float64")
-    moving_variance = to_numpy(bn.moving_variance).astype("float64")
+    state = reference.State(*(to_numpy(w).astype("float64")
+                              for w in (bn.moving_mean, bn.moving_variance)))
     seen = []
     handle = bn.add_debug_hook(seen.append)
     assert debug.retrace(model) is model
     model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    assert_matches_reference(
-        seen, reference_steps(X, 2, moving_mean, moving_variance)
-    )
+    assert_matches_reference(seen, reference_steps(X, 2, state))
     handle.remove()
     debug.retrace(model)
     if BACKEND == "tensorflow":
@@ -245,7 +236,8 @@ def test_tf_explicit_jit_compile_warns_instead_of_dropping_records():
     assert seen == []
     # Training itself is unaffected.
     np.testing.assert_allclose(
-        to_numpy(bn.moving_mean), reference_steps(X, 2)[-1][2], rtol=1e-5, atol=1e-5
+        to_numpy(bn.moving_mean), reference_steps(X, 2)[-1].state.moving_mean,
+        rtol=1e-5, atol=1e-5,
     )
     # The fix the warning names works.
     debug.retrace(model)
@@ -523,8 +515,8 @@ def test_explain_trained_layer():
     assert "y = (x - moving_mean) / sqrt(moving_variance + 0.001)" in text
     # That formula is what inference does.
     out = to_numpy(layer(X[4:], training=False))
-    expected = (X[4:] - to_numpy(layer.moving_mean)) / np.sqrt(
-        to_numpy(layer.moving_variance) + EPSILON)
+    expected = reference.normalize(X[4:], to_numpy(layer.moving_mean),
+                                   to_numpy(layer.moving_variance))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert_explain_agrees_with_calls(layer, X[4:])
 
@@ -574,7 +566,8 @@ def test_raising_hook_is_logged_and_does_not_stop_training(caplog):
     assert_matches_reference(seen_after, reference_steps(X, 2))
     assert len(seen_global) == 2
     # The layer's state is what two steps give.
-    np.testing.assert_allclose(to_numpy(bn.moving_mean), reference_steps(X, 2)[-1][2],
+    np.testing.assert_allclose(to_numpy(bn.moving_mean),
+                               reference_steps(X, 2)[-1].state.moving_mean,
                                rtol=1e-5, atol=1e-5)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
