@@ -40,6 +40,14 @@ def moving_statistics(layer):
     return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
 
 
+def fit_batches(x, batch_size, steps=None):
+    """The batches `fit(x, batch_size=..., shuffle=False)` trains on, in
+    order, for `steps` steps (one epoch if None; later epochs start over)."""
+    batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    steps = len(batches) if steps is None else steps
+    return [batches[step % len(batches)] for step in range(steps)]
+
+
 def config_json(config):
     """A layer config as JSON with sorted keys: how `.keras` files store it
     (it must survive JSON), and comparable whatever the key order."""

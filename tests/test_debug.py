@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import reference
 from helpers import BACKEND
+from helpers import fit_batches
 from helpers import to_numpy
 
 import keras_bn_ext
@@ -34,11 +35,8 @@ def small_model(**bn_kwargs):
 
 
 def reference_steps(x, steps, state=None):
-    """The reference's `reference.Result`s of `steps` training steps over
-    consecutive batches of `x` (shuffle=False, cycling as epochs do)."""
-    batches = [x[i:i + BATCH] for i in range(0, len(x), BATCH)]
-    return reference.train([batches[step % len(batches)] for step in range(steps)],
-                           state, momentum=MOMENTUM)
+    """The reference's `reference.Result` of each of `steps` fit() steps."""
+    return reference.train(fit_batches(x, BATCH, steps), state, momentum=MOMENTUM)
 
 
 def assert_matches_reference(records, expected):

@@ -7,6 +7,8 @@ import sys
 import keras
 import numpy as np
 import pytest
+import reference
+from helpers import fit_batches
 
 import keras_bn_ext
 from keras_bn_ext.callbacks import StatsMonitor
@@ -41,33 +43,29 @@ def _fit(monitor, epochs=2):
     return model, x
 
 
-def _expected_moving_means(x, steps):
-    moving, expected = np.zeros(3), []
-    for step in range(steps):
-        batch = x[(step * BATCH) % len(x):][:BATCH].astype("float64")
-        moving = MOMENTUM * moving + (1 - MOMENTUM) * batch.mean(0)
-        expected.append(moving.mean())
-    return expected
+def _reference_steps(x, steps):
+    return reference.train(fit_batches(x, BATCH, steps), momentum=MOMENTUM)
 
 
 def test_records_moving_and_batch_statistics_with_the_right_numbers():
     monitor = StatsMonitor(every_n_steps=2, batch_stats=True)
     model, x = _fit(monitor)  # 4 steps per epoch, 8 steps
 
+    steps = _reference_steps(x, 8)
     for layer in ("ours", "theirs"):
         moving = monitor.records(layer, "moving")
         assert [r.step for r in moving] == [0, 2, 4, 6, 8]
         assert [r.epoch for r in moving] == [0, 0, 0, 1, 1]  # step 4 ends epoch 0
-        expected = _expected_moving_means(x, 8)
+        expected = [step.state.moving_mean.mean() for step in steps]
         np.testing.assert_allclose([r.mean for r in moving],
                                    [0.0] + expected[1::2], rtol=1e-5)
     batch = monitor.records("ours", "batch")
     assert [r.step for r in batch] == list(range(1, 9))
     for r in batch:
-        rows = x[((r.step - 1) * BATCH) % len(x):][:BATCH].astype("float64")
-        np.testing.assert_allclose(r.mean_channels, rows.mean(0), rtol=1e-5)
-        np.testing.assert_allclose(r.variance_channels, rows.var(0), rtol=1e-4)
-        assert r.variance == pytest.approx(rows.var(0).mean(), rel=1e-4)
+        step = steps[r.step - 1]
+        np.testing.assert_allclose(r.mean_channels, step.mean, rtol=1e-5)
+        np.testing.assert_allclose(r.variance_channels, step.variance, rtol=1e-4)
+        assert r.variance == pytest.approx(step.variance.mean(), rel=1e-4)
     # Keras's layer makes no debug records.
     assert monitor.records("theirs", "batch") == []
     # The hook is gone and the model compiles without it from now on.

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import reference
+from helpers import fit_batches
 from helpers import moving_statistics
 from helpers import to_numpy
 
@@ -170,7 +171,7 @@ def test_mode_batch_in_fit_updates_and_predict_uses_each_batch_stats():
     model = single_layer_model(layer)
 
     model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
-    state = reference.train([x[i:i + 8] for i in range(0, 32, 8)], momentum=0.9)[-1].state
+    state = reference.train(fit_batches(x, 8), momentum=0.9)[-1].state
     assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
     mean, var = moving_statistics(layer)
 
@@ -635,7 +636,7 @@ def test_options_in_fit_match_the_numpy_reference(options):
     with keras_bn_ext.debug.capture(model) as records:
         model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False,
                   verbose=0)
-    batches = [x[i:i + 8] for i in range(0, 32, 8)]
+    batches = fit_batches(x, 8)
     initial = reference.initial_state(
         3, 1.0 if options.get("moving_mean_initializer") == "ones" else 0.0
     )
