@@ -7,12 +7,14 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+import reference
+from helpers import assert_weights_equal
+from helpers import to_numpy
+from helpers import weight_values
 
 import keras_bn_ext
 
 BN = keras_bn_ext.BatchNormalization
-EPSILON = 1e-3
 
 # kwargs -> the fragments the message must contain (argument name and value).
 BAD_CONSTRUCTOR_ARGS = {
@@ -176,10 +178,6 @@ FAILING_CALLS = {
 }
 
 
-def _state(layer):
-    return [to_numpy(w).copy() for w in layer.weights]
-
-
 @pytest.mark.parametrize("name", list(FAILING_CALLS))
 def test_failed_call_changes_nothing(name):
     kwargs, shape, make_call = FAILING_CALLS[name]
@@ -189,23 +187,19 @@ def test_failed_call_changes_nothing(name):
     twin = BN.from_config(layer.get_config())
     layer(x, training=True)  # a trained, non-initial state
     twin(x, training=True)
-    before = _state(layer)
+    before = weight_values(layer)
 
     bad_x, call_kwargs = make_call()
     with pytest.raises(ValueError):
         layer(bad_x, training=True, **call_kwargs)
 
-    after = _state(layer)
-    assert len(after) == len(before)
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(a, b)
+    assert_weights_equal(before, weight_values(layer))
     # No hidden state either: the next good call behaves exactly as on a
     # layer that never saw the failed call.
     x2 = (rng.standard_normal(shape) * 3 - 1).astype("float32")
     np.testing.assert_array_equal(to_numpy(layer(x2, training=True)),
                                   to_numpy(twin(x2, training=True)))
-    for a, b in zip(_state(layer), _state(twin)):
-        np.testing.assert_array_equal(a, b)
+    assert_weights_equal(weight_values(twin), weight_values(layer))
 
 
 # axis as a list/tuple of ints ---------------------------------------------------
@@ -221,17 +215,17 @@ def test_list_axis_gives_per_h_c_statistics(axis):
 
     y = to_numpy(layer(x, training=True))
 
-    x64 = x.astype("float64")
-    mean = x64.mean(axis=(0, 2))
-    var = x64.var(axis=(0, 2))
+    expected = reference.batch_norm(x, axis=axis)  # over N and W
     for weight in layer.weights:
         assert tuple(weight.shape) == (4, 3), weight.path
-    np.testing.assert_allclose(to_numpy(layer.moving_mean), mean, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(to_numpy(layer.moving_variance), var, rtol=1e-5)
-    ref = (x64 - mean[None, :, None, :]) / np.sqrt(var[None, :, None, :] + EPSILON)
-    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean), expected.mean, rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), expected.variance,
+                               rtol=1e-5)
+    np.testing.assert_allclose(y, expected.output, rtol=1e-5, atol=1e-5)
     # Inference with the moving statistics gives the same normalization.
-    np.testing.assert_allclose(to_numpy(layer(x, training=False)), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer(x, training=False)), expected.output,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_list_axis_through_fit():
@@ -242,7 +236,6 @@ def test_list_axis_through_fit():
     model = keras.Model(inputs, keras.layers.Dense(1)(bn(inputs)))
     model.compile(optimizer="sgd", loss="mse")
     model.fit(x, np.zeros((16, 4, 5, 1), "float32"), batch_size=16, epochs=1, verbose=0)
-    x64 = x.astype("float64")
-    np.testing.assert_allclose(to_numpy(bn.moving_mean), x64.mean(axis=(0, 2)), rtol=1e-6,
-                               atol=1e-6)
-    np.testing.assert_allclose(to_numpy(bn.moving_variance), x64.var(axis=(0, 2)), rtol=1e-5)
+    mean, variance, _ = reference.moments(x, axis=[1, 3])
+    np.testing.assert_allclose(to_numpy(bn.moving_mean), mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(bn.moving_variance), variance, rtol=1e-5)

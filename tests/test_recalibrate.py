@@ -3,7 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import to_numpy
+import reference
+from helpers import moving_statistics
+from helpers import to_numpy
 
 import keras_bn_ext
 
@@ -15,10 +17,6 @@ def _batches(sizes, mean=3.0, std=2.0, channels=3, seed=0):
         rng.normal(mean + 4.0 * i, std, (n, channels)).astype("float32")
         for i, n in enumerate(sizes)
     ]
-
-
-def _moving(layer):
-    return to_numpy(layer.moving_mean), to_numpy(layer.moving_variance)
 
 
 def _first_bn_model(bn):
@@ -33,7 +31,7 @@ def test_statistics_are_size_weighted_population_statistics(ours):
     stats = keras_bn_ext.recalibrate(model, batches, verbose=0)
 
     data = np.concatenate(batches).astype("float64")
-    mean, variance = _moving(model.get_layer("bn"))
+    mean, variance = moving_statistics(model.get_layer("bn"))
     np.testing.assert_allclose(stats["bn"].mean, data.mean(0), rtol=1e-12)
     np.testing.assert_allclose(stats["bn"].variance, data.var(0), rtol=1e-10)
     np.testing.assert_allclose(mean, data.mean(0), rtol=1e-6)
@@ -50,7 +48,7 @@ def test_large_mean_inputs_keep_an_accurate_variance():
     batches = _batches([7, 50, 13], mean=1e5, std=1.0)
     keras_bn_ext.recalibrate(model, batches, verbose=0)
     data = np.concatenate(batches).astype("float64")
-    _, variance = _moving(model.get_layer("bn"))
+    _, variance = moving_statistics(model.get_layer("bn"))
     np.testing.assert_allclose(variance, data.var(0), rtol=1e-5)
 
 
@@ -69,7 +67,7 @@ def test_later_layers_see_recalibrated_earlier_layers_in_inference_mode():
     probe = keras.Model(x, model.get_layer("bn2").input)
     inputs = np.concatenate(
         [to_numpy(probe(b, training=False)) for b in batches]).astype("float64")
-    mean, variance = _moving(model.get_layer("bn2"))
+    mean, variance = moving_statistics(model.get_layer("bn2"))
     np.testing.assert_allclose(mean, inputs.mean(0), atol=1e-5)
     np.testing.assert_allclose(variance, inputs.var(0), rtol=1e-5)
     # With bn1 recalibrated, its outputs are standardized: bn2 sees Dense(that).
@@ -128,7 +126,7 @@ def test_nested_and_shared_layers():
     np.testing.assert_allclose(stats["inner/inner_bn"].variance, a_all.var(0),
                                rtol=1e-6)
     # The shared layer's population is both of its inputs: normalized a, and b.
-    standardized = (a_all - a_all.mean(0)) / np.sqrt(a_all.var(0) + 1e-3)
+    standardized = reference.batch_norm(a_all).output
     both = np.concatenate([standardized, b_all])
     assert stats["shared"].count == 18
     np.testing.assert_allclose(stats["shared"].mean, both.mean(0), atol=1e-5)
@@ -151,7 +149,7 @@ def test_unbiased_variance_renorm_and_counter():
                                rtol=1e-6)
     assert int(to_numpy(unbiased.num_batches_tracked)) == 2
     renorm = model.get_layer("renorm")
-    standardized = (data - data.mean(0)) / np.sqrt(data.var(0, ddof=1) + 1e-3)
+    standardized = reference.normalize(data, data.mean(0), data.var(0, ddof=1))
     np.testing.assert_allclose(to_numpy(renorm.moving_variance), standardized.var(0),
                                rtol=1e-5)
     np.testing.assert_allclose(to_numpy(renorm.moving_stddev),
@@ -180,7 +178,7 @@ def _expected(batches):
 def _recalibrated_mean(data, **kwargs):
     model = _first_bn_model(keras.layers.BatchNormalization(name="bn"))
     keras_bn_ext.recalibrate(model, data, verbose=0, **kwargs)
-    return _moving(model.get_layer("bn"))[0]
+    return moving_statistics(model.get_layer("bn"))[0]
 
 
 def test_data_formats_and_steps():
