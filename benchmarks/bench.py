@@ -8,14 +8,16 @@ hook on (train step), Keras's `keras.layers.BatchNormalization`, and where
 installed the framework's native BatchNorm, alternating them round by round
 in one process, and prints the median time of each and the median of the
 per-round ratios. A roofline column divides the bytes a step must move by a
-measured copy bandwidth at the same working-set size. Peak memory is reported
-for the largest shape where the backend can measure it.
+measured copy bandwidth at the same working-set size; on JAX, XLA's own count
+of the bytes moved gives the passes column. Peak memory is reported for the
+largest shape where the backend can measure it.
 
 The backend is fixed once per process, so `--backend all` runs each backend
 in a subprocess and prints the combined table. See docs/performance.md.
 """
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -27,10 +29,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import bench_steps  # noqa: E402
 import bench_timing  # noqa: E402
+import xla_cost  # noqa: E402
+from bench_steps import BACKENDS  # noqa: E402
 from bench_steps import FULL_CASES  # noqa: E402
-
-BACKENDS = ("jax", "tensorflow", "torch")
 
 # (rounds, seconds per measurement, warm-up calls)
 SETTINGS = {
@@ -39,95 +42,9 @@ SETTINGS = {
     "tiny": (1, 0.0, 1),
 }
 
-STEP_LABELS = {
-    ("jax", "train"): "train (jit)",
-    ("jax", "infer"): "infer (jit)",
-    ("tensorflow", "train"): "train (XLA)",
-    ("tensorflow", "train_graph"): "train (graph, no XLA)",
-    ("tensorflow", "infer"): "infer (XLA)",
-    ("torch", "train"): "train (eager)",
-    ("torch", "infer"): "infer (eager)",
-    ("torch", "train_compiled"): "train (torch.compile)",
-    ("torch", "infer_compiled"): "infer (torch.compile)",
-}
-
 
 def _log(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def _versions(backend):
-    import keras
-    import numpy as np
-
-    versions = {"keras": keras.__version__, "numpy": np.__version__}
-    if backend == "jax":
-        import jax
-
-        versions["jax"] = jax.__version__
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    elif backend == "torch":
-        import torch
-
-        versions["torch"] = torch.__version__
-        versions["torch_threads"] = torch.get_num_threads()
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        versions["keras_bn_ext_commit"] = commit
-    except Exception:
-        pass
-    return versions
-
-
-def _groups(backend, case, torch_compile):
-    """(mode, implementations) pairs timed for `case` on `backend`."""
-    if backend == "jax":
-        return [("train", ["keras", "ours", "ours_hook"]), ("infer", ["keras", "ours"])]
-    if backend == "tensorflow":
-        return [
-            ("train", ["keras", "ours"]),
-            ("train_graph", ["keras", "ours", "ours_hook"]),
-            ("infer", ["keras", "ours"]),
-        ]
-    groups = [
-        ("train", ["keras", "ours", "ours_hook", "native"]),
-        ("infer", ["keras", "ours", "native"]),
-    ]
-    if torch_compile == "all" or (torch_compile == "one" and case.name == "conv NHWC"):
-        groups += [("train_compiled", ["keras", "ours"]),
-                   ("infer_compiled", ["keras", "ours"])]
-    return groups
-
-
-def _build_step(backend, impl, case, mode, data, hook, memory=None):
-    import bench_steps
-
-    if impl == "native":
-        module = bench_steps.torch_native_module(case)
-        if module is None:
-            return None
-        return bench_steps.torch_native_step(module, case, mode, data)
-    layer = bench_steps.make_layer(impl, case, hook)
-    if backend == "jax":
-        return bench_steps.jax_step(layer, case, mode, data, memory)
-    if backend == "tensorflow":
-        xla = mode != "train_graph"
-        base_mode = "train" if mode == "train_graph" else mode
-        return bench_steps.tf_step(layer, case, base_mode, data, xla)
-    compiled = mode.endswith("_compiled")
-    return bench_steps.torch_step(layer, case, mode.split("_")[0], data, compiled)
-
-
-def _ratio(times, a, b):
-    if a in times and b in times:
-        return bench_timing.median_ratio(times, a, b)
-    return None
 
 
 def run_backend(backend, cases=FULL_CASES, settings="full", torch_compile="none",
@@ -136,10 +53,9 @@ def run_backend(backend, cases=FULL_CASES, settings="full", torch_compile="none"
 
     `torch_compile`: "none", "one" (the conv NHWC case) or "all": which
     cases also time torch.compile (each graph takes tens of seconds to
-    compile on a small CPU). Returns a JSON-serializable dict: rows (one per case and step), peak
-    memory, bandwidth, versions, machine and notes.
+    compile on a small CPU). Returns a JSON-serializable dict: rows (one per
+    case and step), peak memory, bandwidth, versions, machine and notes.
     """
-    import bench_steps
     import keras
 
     if keras.backend.backend() != backend:
@@ -150,71 +66,98 @@ def run_backend(backend, cases=FULL_CASES, settings="full", torch_compile="none"
         )
     warnings.simplefilter("ignore")
     load_before = bench_timing.machine()["load_average"]
-    rounds, target_s, warmup = SETTINGS[settings]
     hook = bench_steps.HookCounter()
-    rows = []
-    memory_rows = []
     largest = max(cases, key=lambda c: c.size)
-    bandwidths = {}
+    rows, memory_rows, bandwidths = [], [], {}
     for case in cases:
         data = bench_steps.make_data(case)
         if bandwidth:
             bandwidths[case.name] = bench_timing.copy_bandwidth(case.size * 4)
-        for mode, impls in _groups(backend, case, torch_compile):
+        for step in bench_steps.steps_for(backend, case, torch_compile):
             fns = {}
-            mem = {}
-            for impl in impls:
-                mem[impl] = {} if backend == "jax" and impl != "ours_hook" else None
-                fn = _build_step(backend, impl, case, mode, data, hook, mem[impl])
+            for impl in step.impls:
+                fn = bench_steps.build_step(backend, impl, case, step.mode, data, hook)
                 if fn is not None:
                     fns[impl] = fn
-            label = STEP_LABELS[(backend, mode)]
-            _log(f"[{backend}] {case.describe()}: {label}")
-            times = bench_timing.time_group(fns, rounds, target_s, warmup)
-            row = {
-                "backend": backend,
-                "case": case.name,
-                "shape": list(case.shape),
-                "axis": case.axis,
-                "masked": case.masked,
-                "mode": mode,
-                "step": label,
-                "median_ms": {k: 1e3 * bench_timing.median(v) for k, v in times.items()},
-                "ours_over_keras": _ratio(times, "ours", "keras"),
-                "hook_over_off": _ratio(times, "ours_hook", "ours"),
-                "ours_over_native": _ratio(times, "ours", "native"),
-                "keras_over_native": _ratio(times, "keras", "native"),
-                "rounds": rounds,
-            }
-            traffic = {k: m["bytes_accessed"] / (4 * case.size)
-                       for k, m in mem.items() if m and "bytes_accessed" in m}
-            if traffic:
-                # XLA's count of bytes moved, in full-size float32 passes.
-                row["xla_passes"] = traffic
-            if bandwidth:
-                bw, how = bandwidths[case.name]
-                roof_s = bench_steps.step_bytes(case, mode) / bw
-                row["roofline_ms"] = 1e3 * roof_s
-                row["times_roofline"] = {
-                    k: bench_timing.median(v) / roof_s for k, v in times.items()
-                }
+            _log(f"[{backend}] {case.describe()}: {step.label}")
+            times = bench_timing.time_group(fns, *SETTINGS[settings])
+            row, costs = _row(backend, case, step, times, bandwidths.get(case.name))
             rows.append(row)
-            for impl in ("keras", "ours"):
-                if memory and case is largest and mem.get(impl):
-                    memory_rows.append({"backend": backend, "case": case.name,
-                                        "mode": mode, "impl": impl, **mem[impl]})
-            if memory and backend == "torch" and case is largest and not mode.endswith("_compiled"):
-                for impl in impls:
-                    if impl == "ours_hook" or impl not in fns:
-                        continue
-                    peak = bench_steps.torch_peak_bytes(fns[impl])
-                    counts = bench_steps.torch_op_counts(fns[impl])
-                    memory_rows.append({
-                        "backend": backend, "case": case.name, "mode": mode,
-                        "impl": impl, "peak_bytes": peak, **counts,
-                        "method": "torch.profiler(profile_memory=True): running "
-                                  "sum of allocator records during one step",
-                    })
+            if memory and case is largest:
+                memory_rows += _memory_rows(backend, case, step.mode, fns, costs)
+    return {
+        "backend": backend,
+        "settings": settings,
+        "rows": rows,
+        "memory": memory_rows,
+        "bandwidth": {k: {"bytes_per_s": v[0], "method": v[1]}
+                      for k, v in bandwidths.items()},
+        "versions": _versions(backend),
+        "machine": {**bench_timing.machine(), "load_average_before": load_before},
+        "hook_calls": hook.calls,
+        "threads": threads or "library default",
+        "notes": _notes(backend, torch_compile),
+    }
+
+
+def _row(backend, case, step, times, bandwidth):
+    """One table row from the step's times; on JAX, with XLA's costs (also
+    returned, impl -> `xla_cost.xla_cost` dict, for the memory report)."""
+
+    def ratio(a, b):
+        if a in times and b in times:
+            return bench_timing.median_ratio(times, a, b)
+        return None
+
+    row = {
+        "backend": backend,
+        "case": case.name,
+        "shape": list(case.shape),
+        "axis": case.axis,
+        "masked": case.masked,
+        "mode": step.mode,
+        "step": step.label,
+        "median_ms": {k: 1e3 * bench_timing.median(v) for k, v in times.items()},
+        "ours_over_keras": ratio("ours", "keras"),
+        "hook_over_off": ratio("ours_hook", "ours"),
+        "ours_over_native": ratio("ours", "native"),
+        "keras_over_native": ratio("keras", "native"),
+        "rounds": len(next(iter(times.values()))),
+    }
+    costs = {}
+    if backend == "jax":
+        costs = {impl: xla_cost.xla_cost(impl, case, step.mode)
+                 for impl in ("keras", "ours") if impl in times}
+        # XLA's count of bytes moved, in full-size float32 passes.
+        row["xla_passes"] = {impl: c["passes"] for impl, c in costs.items()}
+    if bandwidth:
+        roof_s = bench_steps.step_bytes(case, step.mode) / bandwidth[0]
+        row["roofline_ms"] = 1e3 * roof_s
+        row["times_roofline"] = {
+            k: bench_timing.median(v) / roof_s for k, v in times.items()
+        }
+    return row, costs
+
+
+def _memory_rows(backend, case, mode, fns, costs):
+    """XLA's buffers (JAX) or the allocator's peak (torch) for one step."""
+    rows = [{"backend": backend, "case": case.name, "mode": mode, "impl": impl,
+             **cost} for impl, cost in costs.items()]
+    if backend == "torch" and not mode.endswith("_compiled"):
+        for impl, fn in fns.items():
+            if impl == "ours_hook":
+                continue
+            rows.append({
+                "backend": backend, "case": case.name, "mode": mode, "impl": impl,
+                "peak_bytes": bench_steps.torch_peak_bytes(fn),
+                **bench_steps.torch_op_counts(fn),
+                "method": "torch.profiler(profile_memory=True): running "
+                          "sum of allocator records during one step",
+            })
+    return rows
+
+
+def _notes(backend, torch_compile):
     notes = []
     if backend == "torch" and torch_compile != "all":
         notes.append(
@@ -234,19 +177,27 @@ def run_backend(backend, cases=FULL_CASES, settings="full", torch_compile="none"
         notes.append("Peak memory not measured on TensorFlow: its CPU allocator "
                      "keeps no statistics (tf.config.experimental."
                      "get_memory_info('CPU:0') returns zeros).")
-    return {
-        "backend": backend,
-        "settings": settings,
-        "rows": rows,
-        "memory": memory_rows,
-        "bandwidth": {k: {"bytes_per_s": v[0], "method": v[1]}
-                      for k, v in bandwidths.items()},
-        "versions": _versions(backend),
-        "machine": {**bench_timing.machine(), "load_average_before": load_before},
-        "hook_calls": hook.calls,
-        "threads": threads or "library default",
-        "notes": notes,
-    }
+    return notes
+
+
+def _versions(backend):
+    import keras
+    import numpy as np
+
+    # Each backend's name is its Python module's name.
+    module = importlib.import_module(backend)
+    versions = {"keras": keras.__version__, "numpy": np.__version__,
+                backend: module.__version__}
+    if backend == "torch":
+        versions["torch_threads"] = module.get_num_threads()
+    try:
+        versions["keras_bn_ext_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except Exception:
+        pass
+    return versions
 
 
 def set_threads(backend, n):
@@ -272,77 +223,65 @@ def set_threads(backend, n):
 
 
 def _fmt(value, spec=".2f"):
-    if value is None:
-        return "-"
-    return format(value, spec)
+    return "-" if value is None else format(value, spec)
 
 
-COLUMNS = (
-    ("backend", "backend"),
-    ("case", "shape"),
-    ("step", "step"),
-    ("keras", "keras ms"),
-    ("ours", "ours ms"),
-    ("ours_over_keras", "ours/keras"),
-    ("ours_hook", "hook ms"),
-    ("hook_over_off", "hook/off"),
-    ("native", "native ms"),
-    ("ours_over_native", "ours/native"),
-    ("passes", "XLA passes k/o"),
-    ("roofline_ms", "roofline ms"),
-    ("keras_roof", "keras/roof"),
-    ("ours_roof", "ours/roof"),
-)
+def _field(key, spec=".2f"):
+    return lambda row: _fmt(row.get(key), spec)
 
 
-def _passes(traffic):
-    if not traffic or "keras" not in traffic or "ours" not in traffic:
+def _ms(impl):
+    return lambda row: _fmt(row["median_ms"].get(impl), ".3f")
+
+
+def _roof(impl):
+    return lambda row: _fmt(row.get("times_roofline", {}).get(impl), ".1f")
+
+
+def _passes(row):
+    traffic = row.get("xla_passes") or {}
+    if "keras" not in traffic or "ours" not in traffic:
         return "-"
     return f"{traffic['keras']:.0f}/{traffic['ours']:.0f}"
 
 
-def _cells(row):
-    ms = row["median_ms"]
-    roof = row.get("times_roofline", {})
-    values = {
-        "backend": row["backend"],
-        "case": row["case"],
-        "step": row["step"],
-        "keras": _fmt(ms.get("keras"), ".3f"),
-        "ours": _fmt(ms.get("ours"), ".3f"),
-        "ours_over_keras": _fmt(row["ours_over_keras"]),
-        "ours_hook": _fmt(ms.get("ours_hook"), ".3f"),
-        "hook_over_off": _fmt(row["hook_over_off"]),
-        "native": _fmt(ms.get("native"), ".3f"),
-        "ours_over_native": _fmt(row["ours_over_native"]),
-        "passes": _passes(row.get("xla_passes")),
-        "roofline_ms": _fmt(row.get("roofline_ms"), ".3f"),
-        "keras_roof": _fmt(roof.get("keras"), ".1f"),
-        "ours_roof": _fmt(roof.get("ours"), ".1f"),
-    }
-    return [values[key] for key, _ in COLUMNS]
+# (title, cell of a row)
+COLUMNS = (
+    ("backend", lambda row: row["backend"]),
+    ("shape", lambda row: row["case"]),
+    ("step", lambda row: row["step"]),
+    ("keras ms", _ms("keras")),
+    ("ours ms", _ms("ours")),
+    ("ours/keras", _field("ours_over_keras")),
+    ("hook ms", _ms("ours_hook")),
+    ("hook/off", _field("hook_over_off")),
+    ("native ms", _ms("native")),
+    ("ours/native", _field("ours_over_native")),
+    ("XLA passes k/o", _passes),
+    ("roofline ms", _field("roofline_ms", ".3f")),
+    ("keras/roof", _roof("keras")),
+    ("ours/roof", _roof("ours")),
+)
 
 
 def format_table(results, markdown=False):
     """The results of one or more backends as a text (or Markdown) table."""
     if isinstance(results, dict):
         results = [results]
-    header = [title for _, title in COLUMNS]
-    body = [_cells(row) for result in results for row in result["rows"]]
+    header = [title for title, _ in COLUMNS]
+    body = [[cell(row) for _, cell in COLUMNS]
+            for result in results for row in result["rows"]]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h)
-              for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    lines = [line, "-" * len(line)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
-    return "\n".join(lines)
+        lines = ["| " + " | ".join(cells) + " |" for cells in [header] + body]
+        return "\n".join(lines[:1] + ["|" + "---|" * len(header)] + lines[1:])
+    widths = [max(len(c[i]) for c in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths))
+             for cells in [header] + body]
+    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
 
 
 def format_memory(results):
+    """Peak memory and notes, one line each."""
     if isinstance(results, dict):
         results = [results]
     lines = []
@@ -357,8 +296,7 @@ def format_memory(results):
                         "temporary if temp < 1 MiB)")
             lines.append(f"{m['backend']:<10} {m['case']:<10} {m['mode']:<6} "
                          f"{m['impl']:<7} {what}")
-        for note in result["notes"]:
-            lines.append(f"{result['backend']}: {note}")
+        lines += [f"{result['backend']}: {note}" for note in result["notes"]]
     return "\n".join(lines)
 
 
@@ -366,6 +304,7 @@ def format_memory(results):
 
 
 def _run_all(args):
+    """Each backend in its own subprocess; their results, in order."""
     results = []
     for backend in BACKENDS:
         with tempfile.TemporaryDirectory() as tmp:
@@ -390,7 +329,7 @@ def _run_all(args):
     return results
 
 
-def main(argv=None):
+def _parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=BACKENDS + ("all",), required=True)
     parser.add_argument("--quick", action="store_true",
@@ -405,8 +344,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for the backend (default: the "
                              "library's own choice, all cores)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     if args.backend == "all":
         results = _run_all(args)
         if len(results) != len(BACKENDS):
@@ -426,9 +368,8 @@ def main(argv=None):
     print()
     print(format_memory(results))
     if args.json:
-        payload = results if args.backend == "all" else results[0]
         with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+            json.dump(results if args.backend == "all" else results[0], f, indent=1)
     return 0
 
 

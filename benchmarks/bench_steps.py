@@ -1,4 +1,4 @@
-"""The benchmark's cases and, per backend, the compiled steps it times.
+"""The benchmark's cases and, per backend, the steps it times.
 
 A *step* is a zero-argument callable that runs one train step (forward,
 backward, moving-statistics update) or one inference call and blocks until
@@ -70,6 +70,48 @@ TINY_CASES = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    mode: str  # "train..." or "infer...": what `build_step` builds
+    label: str  # the table's "step" column
+    impls: tuple  # the implementations timed side by side
+
+
+# The backends, and the steps each one times. "ours_hook" is our layer with
+# one debug hook; "native" is torch.nn.BatchNorm.
+STEPS = {
+    "jax": (
+        Step("train", "train (jit)", ("keras", "ours", "ours_hook")),
+        Step("infer", "infer (jit)", ("keras", "ours")),
+    ),
+    "tensorflow": (
+        Step("train", "train (XLA)", ("keras", "ours")),
+        Step("train_graph", "train (graph, no XLA)", ("keras", "ours", "ours_hook")),
+        Step("infer", "infer (XLA)", ("keras", "ours")),
+    ),
+    "torch": (
+        Step("train", "train (eager)", ("keras", "ours", "ours_hook", "native")),
+        Step("infer", "infer (eager)", ("keras", "ours", "native")),
+        Step("train_compiled", "train (torch.compile)", ("keras", "ours")),
+        Step("infer_compiled", "infer (torch.compile)", ("keras", "ours")),
+    ),
+}
+BACKENDS = tuple(STEPS)
+
+
+def steps_for(backend, case, torch_compile="none"):
+    """The steps timed for `case` on `backend`.
+
+    `torch_compile`: "none", "one" (the conv NHWC case) or "all": the cases
+    that also time torch.compile.
+    """
+    compile_case = torch_compile == "all" or (
+        torch_compile == "one" and case.name == "conv NHWC"
+    )
+    return [s for s in STEPS[backend]
+            if compile_case or not s.mode.endswith("_compiled")]
+
+
 def make_data(case, seed=0):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(case.shape) * 2.0 + 3.0).astype("float32")
@@ -91,11 +133,10 @@ def step_bytes(case, mode):
     (sum dy, sum dy*x_hat) read dy and x; dx reads dy and x and writes dx:
     8 passes over float32 (a mask, if any, is read 4 times too).
     """
-    passes = 2 if mode.startswith("infer") else 8
-    total = passes * case.size * 4
+    infer = mode.startswith("infer")
+    total = (2 if infer else 8) * case.size * 4
     if case.masked:
-        mask_reads = 1 if mode.startswith("infer") else 4
-        total += mask_reads * int(np.prod(case.mask_shape))
+        total += (1 if infer else 4) * int(np.prod(case.mask_shape))
     return total
 
 
@@ -115,14 +156,9 @@ def make_layer(impl, case, hook=None):
 
     import keras_bn_ext
 
-    if impl == "keras":
-        layer = keras.layers.BatchNormalization(
-            axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON
-        )
-    else:
-        layer = keras_bn_ext.BatchNormalization(
-            axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON
-        )
+    cls = (keras.layers.BatchNormalization if impl == "keras"
+           else keras_bn_ext.BatchNormalization)
+    layer = cls(axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON)
     layer.build(case.shape)
     rng = np.random.default_rng(1)
     layer.moving_mean.assign(rng.uniform(2.0, 4.0, case.channels).astype("float32"))
@@ -134,25 +170,30 @@ def make_layer(impl, case, hook=None):
     return layer
 
 
+def build_step(backend, impl, case, mode, data, hook=None):
+    """The step of `impl` ("keras", "ours", "ours_hook" or "native") for
+    `mode` on `backend`, or None where `impl` has no such step."""
+    if impl == "native":
+        return torch_native_step(case, mode, data) if backend == "torch" else None
+    builders = {"jax": jax_step, "tensorflow": tf_step, "torch": torch_step}
+    return builders[backend](make_layer(impl, case, hook), case, mode, data)
+
+
 # JAX ---------------------------------------------------------------------------
 
 
-def jax_step(layer, case, mode, data, memory=None):
+def jax_compile(layer, case, mode, x, dy, mask=None):
+    """The compiled JAX step and its arguments. `x`, `dy` and `mask` may be
+    arrays or `jax.ShapeDtypeStruct`s (to compile without data)."""
     import jax
-    import jax.numpy as jnp
 
     tv = [v.value for v in layer.trainable_variables]
     ntv = [v.value for v in layer.non_trainable_variables]
-    x = jnp.asarray(data["x"])
-    dy = jnp.asarray(data["dy"])
-    mask = jnp.asarray(data["mask"]) if case.masked else None
-
     if mode == "train":
 
         def step(tv, ntv, x, dy, mask):
             def forward(tv, x):
-                y, new_ntv = layer.stateless_call(tv, ntv, x, training=True, mask=mask)
-                return y, new_ntv
+                return layer.stateless_call(tv, ntv, x, training=True, mask=mask)
 
             y, vjp, new_ntv = jax.vjp(forward, tv, x, has_aux=True)
             grad_tv, grad_x = vjp(dy)
@@ -162,37 +203,30 @@ def jax_step(layer, case, mode, data, memory=None):
     elif mode == "infer":
 
         def step(tv, ntv, x, mask):
-            y, _ = layer.stateless_call(tv, ntv, x, training=False, mask=mask)
-            return y
+            return layer.stateless_call(tv, ntv, x, training=False, mask=mask)[0]
 
         args = (tv, ntv, x, mask)
     else:
-        raise ValueError(f"Unknown mode for jax: {mode}")
+        raise ValueError(f"Unknown mode for jax. Received: mode={mode!r}")
+    return jax.jit(step).lower(*args).compile(), args
 
-    compiled = jax.jit(step).lower(*args).compile()
-    if memory is not None:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        if cost and "bytes accessed" in cost:
-            # XLA's own count of the bytes the step's kernels read and write.
-            memory["bytes_accessed"] = float(cost["bytes accessed"])
-        analysis = compiled.memory_analysis()
-        if analysis is not None:
-            memory["temp_bytes"] = int(analysis.temp_size_in_bytes)
-            memory["output_bytes"] = int(analysis.output_size_in_bytes)
-            memory["argument_bytes"] = int(analysis.argument_size_in_bytes)
-            memory["method"] = "jax compiled.memory_analysis() (XLA buffer assignment)"
 
-    def run():
-        jax.block_until_ready(compiled(*args))
+def jax_step(layer, case, mode, data):
+    import jax
+    import jax.numpy as jnp
 
-    return run
+    mask = jnp.asarray(data["mask"]) if case.masked else None
+    compiled, args = jax_compile(
+        layer, case, mode, jnp.asarray(data["x"]), jnp.asarray(data["dy"]), mask
+    )
+    return lambda: jax.block_until_ready(compiled(*args))
 
 
 # TensorFlow --------------------------------------------------------------------
 
 
-def tf_step(layer, case, mode, data, xla):
+def tf_step(layer, case, mode, data):
+    """`mode`: "train", "train_graph" (the same, without XLA) or "infer"."""
     import tensorflow as tf
 
     x = tf.constant(data["x"])
@@ -200,95 +234,65 @@ def tf_step(layer, case, mode, data, xla):
     mask = tf.constant(data["mask"]) if case.masked else None
     tvars = layer.trainable_variables
 
-    if mode == "train":
+    if mode.startswith("train"):
 
-        @tf.function(jit_compile=xla)
-        def step(x, dy):
+        @tf.function(jit_compile=mode != "train_graph")
+        def train(x, dy):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 y = layer(x, training=True, mask=mask)
-            grads = tape.gradient(y, [x] + tvars, output_gradients=dy)
-            return y, grads
+            return y, tape.gradient(y, [x] + tvars, output_gradients=dy)
 
-        def run():
-            _, grads = step(x, dy)
-            grads[-1].numpy()  # a small read-back: the step has finished
+        # A small read-back: the step has finished.
+        return lambda: train(x, dy)[1][-1].numpy()
 
-    elif mode == "infer":
+    @tf.function(jit_compile=True)
+    def infer(x):
+        return layer(x, training=False, mask=mask)
 
-        @tf.function(jit_compile=xla)
-        def step(x):
-            return layer(x, training=False, mask=mask)
-
-        def run():
-            step(x)[:1, ...].numpy()
-
-    else:
-        raise ValueError(f"Unknown mode for tensorflow: {mode}")
-    return run
+    return lambda: infer(x)[:1, ...].numpy()
 
 
 # PyTorch -----------------------------------------------------------------------
 
 
-def torch_step(layer, case, mode, data, compiled=False):
+def _torch_run(forward, x, dy, params, training):
+    """One eager train step (`y.backward(dy)`) or inference call."""
+    import torch
+
+    if not training:
+
+        def infer():
+            with torch.no_grad():
+                forward(x)
+
+        return infer
+    x.requires_grad_(True)
+
+    def train():
+        for t in (x, *params):
+            t.grad = None
+        forward(x).backward(dy)
+
+    return train
+
+
+def torch_step(layer, case, mode, data):
+    """`mode`: "train" or "infer", "_compiled" appended for torch.compile."""
     import torch
 
     x = torch.from_numpy(data["x"].copy())
     dy = torch.from_numpy(data["dy"].copy())
     mask = torch.from_numpy(data["mask"].copy()) if case.masked else None
+    training = mode.startswith("train")
+
+    def forward(x):
+        return layer(x, training=training, mask=mask)
+
+    if mode.endswith("_compiled"):
+        forward = torch.compile(forward)
     params = [v.value for v in layer.trainable_variables]
-
-    if mode == "train":
-        x.requires_grad_(True)
-
-        def forward(x):
-            return layer(x, training=True, mask=mask)
-
-        if compiled:
-            forward = torch.compile(forward)
-
-        def run():
-            x.grad = None
-            for p in params:
-                p.grad = None
-            y = forward(x)
-            y.backward(dy)
-
-    elif mode == "infer":
-
-        def forward(x):
-            return layer(x, training=False, mask=mask)
-
-        if compiled:
-            forward = torch.compile(forward)
-
-        def run():
-            with torch.no_grad():
-                forward(x)
-
-    else:
-        raise ValueError(f"Unknown mode for torch: {mode}")
-    return run
-
-
-def torch_native_module(case):
-    """torch.nn.BatchNorm{1,2}d on the same memory layout, or None.
-
-    NHWC data is a channels_last NCHW tensor for PyTorch (same bytes, no
-    copy); NCHW is PyTorch's default layout. The masked sequence has no
-    native counterpart (PyTorch's BatchNorm takes no mask).
-    """
-    import torch
-
-    if case.masked:
-        return None
-    momentum = 1.0 - MOMENTUM  # PyTorch's momentum is the new value's weight.
-    if len(case.shape) == 2:
-        return torch.nn.BatchNorm1d(case.channels, eps=EPSILON, momentum=momentum)
-    if len(case.shape) == 4:
-        return torch.nn.BatchNorm2d(case.channels, eps=EPSILON, momentum=momentum)
-    return None
+    return _torch_run(forward, x, dy, params, training)
 
 
 def _to_torch_layout(case, array):
@@ -297,37 +301,29 @@ def _to_torch_layout(case, array):
     t = torch.from_numpy(array.copy())
     if len(case.shape) == 4 and case.axis in (-1, 3):
         t = t.permute(0, 3, 1, 2)  # a channels_last view, no copy
+        assert t.is_contiguous(memory_format=torch.channels_last)
     return t
 
 
-def torch_native_step(module, case, mode, data):
+def torch_native_step(case, mode, data):
+    """torch.nn.BatchNorm{1,2}d on the same memory layout, or None.
+
+    NHWC data is a channels_last NCHW tensor for PyTorch (same bytes, no
+    copy); NCHW is PyTorch's default layout. The masked sequence has no
+    native counterpart (PyTorch's BatchNorm takes no mask).
+    """
     import torch
 
+    modules = {2: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d}
+    if case.masked or len(case.shape) not in modules:
+        return None
+    momentum = 1.0 - MOMENTUM  # PyTorch's momentum is the new value's weight.
+    module = modules[len(case.shape)](case.channels, eps=EPSILON, momentum=momentum)
+    training = mode.startswith("train")
+    module.train(training)
     x = _to_torch_layout(case, data["x"]).detach()
     dy = _to_torch_layout(case, data["dy"])
-    if len(case.shape) == 4 and case.axis in (-1, 3):
-        assert x.is_contiguous(memory_format=torch.channels_last)
-    params = list(module.parameters())
-
-    if mode == "train":
-        module.train()
-        x.requires_grad_(True)
-
-        def run():
-            x.grad = None
-            for p in params:
-                p.grad = None
-            y = module(x)
-            y.backward(dy)
-
-    else:
-        module.eval()
-
-        def run():
-            with torch.no_grad():
-                module(x)
-
-    return run
+    return _torch_run(module, x, dy, list(module.parameters()), training)
 
 
 def torch_peak_bytes(run):

@@ -42,14 +42,9 @@ def main(argv=None):
     print(f"{case.describe()}, {args.mode}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     for impl in ("keras", "ours", "native"):
-        if impl == "native":
-            module = bench_steps.torch_native_module(case)
-            if module is None:
-                continue
-            run = bench_steps.torch_native_step(module, case, args.mode, data)
-        else:
-            layer = bench_steps.make_layer(impl, case)
-            run = bench_steps.torch_step(layer, case, args.mode, data)
+        run = bench_steps.build_step("torch", impl, case, args.mode, data)
+        if run is None:
+            continue
         for _ in range(3):
             run()
         n = 10

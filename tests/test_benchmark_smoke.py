@@ -18,7 +18,7 @@ import bench_timing  # noqa: E402
 BACKEND = keras.backend.backend()
 
 pytestmark = pytest.mark.skipif(
-    BACKEND not in bench.BACKENDS, reason=f"no benchmark for backend {BACKEND}"
+    BACKEND not in bench_steps.BACKENDS, reason=f"no benchmark for backend {BACKEND}"
 )
 
 
@@ -33,16 +33,21 @@ def test_tiny_benchmark_prints_a_table_with_finite_ratios(capsys):
     )
     rows = result["rows"]
     # every case, and every step of this backend (train, inference, ...)
-    assert {r["case"] for r in rows} == {c.name for c in CASES}
-    assert len(rows) == len(CASES) * len(bench._groups(BACKEND, CASES[0], "none"))
+    assert [(r["case"], r["step"]) for r in rows] == [
+        (c.name, s.label) for c in CASES for s in bench_steps.steps_for(BACKEND, c)
+    ]
     for row in rows:
         assert math.isfinite(row["ours_over_keras"]) and row["ours_over_keras"] > 0
         assert all(math.isfinite(t) and t > 0 for t in row["median_ms"].values())
         assert math.isfinite(row["roofline_ms"]) and row["roofline_ms"] > 0
         if "ours_hook" in row["median_ms"]:
             assert math.isfinite(row["hook_over_off"])
+        if BACKEND == "jax":
+            assert set(row["xla_passes"]) == {"keras", "ours"}
     # the hook really ran, compiled in
     assert result["hook_calls"] > 0
+    # the largest case's memory, where the backend can measure it
+    assert bool(result["memory"]) == (BACKEND != "tensorflow")
 
     table = bench.format_table(result)
     print(table)
@@ -51,7 +56,19 @@ def test_tiny_benchmark_prints_a_table_with_finite_ratios(capsys):
     assert "ours/keras" in out and "roofline ms" in out
     for case in CASES:
         assert case.name in out
-    assert bench.format_table(result, markdown=True).startswith("| backend |")
+    markdown = bench.format_table(result, markdown=True).splitlines()
+    assert markdown[0].startswith("| backend |") and markdown[1].startswith("|---|")
+    assert len(markdown) == 2 + len(rows)
+
+
+def test_steps_for_adds_torch_compile_only_where_asked():
+    dense, nhwc = bench_steps.FULL_CASES[:2]
+    assert nhwc.name == "conv NHWC"
+    compiled = [s.mode for s in bench_steps.steps_for("torch", nhwc, "one")]
+    assert compiled == ["train", "infer", "train_compiled", "infer_compiled"]
+    assert len(bench_steps.steps_for("torch", dense, "one")) == 2
+    assert len(bench_steps.steps_for("torch", dense, "all")) == 4
+    assert len(bench_steps.steps_for("torch", nhwc, "none")) == 2
 
 
 def test_alternating_timer_and_median_ratio():

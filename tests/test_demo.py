@@ -15,13 +15,15 @@ def test_demo_explains_the_seed_question(capsys):
     # The puzzling output, x / sqrt(1 + 1e-3)...
     assert "[[0.     0.9995]" in out
     # ...explained from the layer's own record and state.
-    assert "branch:          moving statistics" in out
-    assert "flags:           never_updated" in out
-    assert "mean used:       [0. 0.]" in out
-    assert "variance used:   [1. 1.]" in out
+    assert "branch:   moving statistics (training=False)" in out
+    assert "flags:    never_updated" in out
+    assert "mean:     [0. 0.]" in out
+    assert "variance: [1. 1.]" in out
+    assert "NeverUpdatedWarning:" in out
     assert "y ≈ x / sqrt(1.001)" in out
     # training=True normalizes the batch; debias fixes predict after one step.
     assert "[[-0.9995 -0.9995]" in out
+    assert "batch statistics, mean [1. 2.], variance [1. 1.], count 2" in out
     assert out.count("fit step") == 5
 
 
