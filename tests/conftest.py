@@ -1,21 +1,15 @@
-"""Shared test set-up. The backend is chosen by KERAS_BACKEND (scripts/test.sh
-runs the suite once per backend)."""
+"""Fixtures shared by every test. The backend is chosen by KERAS_BACKEND
+(scripts/test.sh runs the suite once per backend); helpers that tests import
+live in helpers.py, the float64 reference in reference.py."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from keras_bn_ext import debug  # noqa: E402
-
-BACKEND = keras.backend.backend()
-
-
-def to_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 @pytest.fixture(autouse=True)

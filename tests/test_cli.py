@@ -7,7 +7,7 @@ import zipfile
 
 import keras
 import numpy as np
-from conftest import BACKEND
+from helpers import BACKEND
 
 import keras_bn_ext
 from keras_bn_ext.cli import main

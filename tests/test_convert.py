@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import to_numpy
+from helpers import BACKEND
+from helpers import to_numpy
+from helpers import weight_values
 
 import keras_bn_ext
 from keras_bn_ext.tools.report import batch_norm_layers
@@ -23,10 +24,6 @@ def _randomize_statistics(model, seed=0):
 
 def _kinds(model):
     return [type(layer) for _, layer in batch_norm_layers(model)]
-
-
-def _weights(model):
-    return [to_numpy(w) for w in model.weights]
 
 
 def _nested_model():
@@ -63,7 +60,7 @@ def test_sequential_to_ours_keeps_config_weights_and_outputs():
     new_bn, old_bn = converted.get_layer("bn"), model.get_layer("bn")
     assert isinstance(new_bn, keras_bn_ext.BatchNormalization)
     assert new_bn.get_config() == old_bn.get_config()
-    for new, old in zip(_weights(converted), _weights(model)):
+    for new, old in zip(weight_values(converted), weight_values(model)):
         np.testing.assert_array_equal(new, old)
     x = np.random.default_rng(1).normal(2.0, 3.0, (8, 5)).astype("float32")
     np.testing.assert_allclose(to_numpy(converted(x, training=False)),
@@ -77,7 +74,7 @@ def test_sequential_to_ours_keeps_config_weights_and_outputs():
 
 def test_nested_models_are_converted_and_the_original_is_untouched():
     model = _nested_model()
-    before = _weights(model)
+    before = weight_values(model)
     converted = keras_bn_ext.convert_model(model)
 
     assert _kinds(model) == [keras.layers.BatchNormalization] * 3
@@ -87,7 +84,7 @@ def test_nested_models_are_converted_and_the_original_is_untouched():
     # No layer or variable is shared with the original.
     old_ids = {id(v) for v in model.weights}
     assert not old_ids & {id(v) for v in converted.weights}
-    for now, then in zip(_weights(model), before):
+    for now, then in zip(weight_values(model), before):
         np.testing.assert_array_equal(now, then)
     x = np.random.default_rng(2).normal(size=(7, 4)).astype("float32")
     np.testing.assert_allclose(to_numpy(converted(x, training=False)),
@@ -100,12 +97,12 @@ def test_the_copy_owns_its_weights():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3),
                               keras.layers.BatchNormalization(name="bn")])
     converted = keras_bn_ext.convert_model(model)
-    before = _weights(converted)
+    before = weight_values(converted)
     model.compile("sgd", "mse")
     x = np.random.default_rng(6).normal(size=(8, 3)).astype("float32")
     model.fit(x, x, epochs=1, batch_size=4, verbose=0)
-    assert not np.array_equal(_weights(model)[0], before[0])
-    for now, then in zip(_weights(converted), before):
+    assert not np.array_equal(weight_values(model)[0], before[0])
+    for now, then in zip(weight_values(converted), before):
         np.testing.assert_array_equal(now, then)
     converted.predict(x, verbose=0)
 
@@ -117,7 +114,7 @@ def test_round_trip_gives_back_keras_layers_with_the_same_configs():
     assert _kinds(back) == [keras.layers.BatchNormalization] * 3
     for (_, old), (_, new) in zip(batch_norm_layers(model), batch_norm_layers(back)):
         assert new.get_config() == old.get_config()
-    for new, old in zip(_weights(back), _weights(model)):
+    for new, old in zip(weight_values(back), weight_values(model)):
         np.testing.assert_array_equal(new, old)
 
 

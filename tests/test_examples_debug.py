@@ -1,29 +1,11 @@
 """Smoke tests: the debugging examples run on the selected backend and print
-what they promise."""
+what they promise (`run_example` checks the backend line)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
-from conftest import BACKEND
-
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def run_example(name):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+from helpers import run_example
 
 
 def test_seed_question_example():
     out = run_example("seed_question.py")
-    assert f"Backend: {BACKEND}" in out
     # The puzzling output, then the record and explain() that explain it.
     assert "[[0.     0.9995]\n [1.999  2.9985]]" in out
     assert "branch:   moving statistics (training=False)" in out
@@ -37,7 +19,6 @@ def test_seed_question_example():
 
 def test_debug_in_fit_example():
     out = run_example("debug_in_fit.py")
-    assert f"Backend: {BACKEND}" in out
     assert "2 epochs x 4 batches -> 8 records" in out
     assert "predict(): 2 batches -> 2 records" in out
     rows = [line.split() for line in out.splitlines()

@@ -1,25 +1,7 @@
 """Smoke tests: the model-tools examples run on the selected backend and
-show what they promise."""
+show what they promise (`run_example` checks the backend line)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
-from conftest import BACKEND
-
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def run_example(name, *args):
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"Backend: {BACKEND}" in result.stdout
-    return result.stdout
+from helpers import run_example
 
 
 def test_finetune_frozen_bn_example():

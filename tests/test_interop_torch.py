@@ -6,7 +6,7 @@ round trip back to torch."""
 import numpy as np
 import pytest
 import torch
-from conftest import to_numpy
+from helpers import to_numpy
 
 import keras_bn_ext
 from keras_bn_ext import BatchNormalization

@@ -16,11 +16,11 @@ to the right answer instead of to Keras's.
 import keras
 import numpy as np
 import pytest
-from keras import ops
+from helpers import BACKEND
+from helpers import to_numpy
 
 import keras_bn_ext
 
-BACKEND = keras.backend.backend()
 KerasBN = keras.layers.BatchNormalization
 OurBN = keras_bn_ext.BatchNormalization
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -38,10 +38,6 @@ CENTER_SCALE = [(True, True), (False, True), (True, False), (False, False)]
 # rmin/rmax/dmax close to 1 / 0 so that clipping is active for some channels
 # and not for others (see `_randomize`: r is about 0.7..1.7).
 CLIPPING = [None, {"rmax": 1.2, "rmin": 0.8, "dmax": 0.3}, {"rmax": 1.1}]
-
-
-def to_numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _data(shape, seed=0):

@@ -4,7 +4,7 @@ import json
 
 import keras
 import numpy as np
-from conftest import to_numpy
+from helpers import to_numpy
 
 import keras_bn_ext
 

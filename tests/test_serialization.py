@@ -11,8 +11,9 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import to_numpy
+from helpers import BACKEND
+from helpers import config_json
+from helpers import to_numpy
 
 import keras_bn_ext
 
@@ -51,22 +52,16 @@ EXTENSION_ARGS = {
 }
 
 
-def _json(config):
-    # Configs must survive JSON (that is how .keras files store them); sorting
-    # makes the comparison independent of key order.
-    return json.dumps(config, sort_keys=True)
-
-
 @pytest.mark.parametrize("name", list(CONFIG_CASES))
 def test_config_round_trip(name):
     kwargs = CONFIG_CASES[name]
     layer = BN(**kwargs)
     config = layer.get_config()
 
-    clone = BN.from_config(json.loads(_json(config)))
+    clone = BN.from_config(json.loads(config_json(config)))
 
     assert type(clone) is BN
-    assert _json(clone.get_config()) == _json(config)
+    assert config_json(clone.get_config()) == config_json(config)
     # Extension arguments are written only when they differ from the default,
     # and then they come back with their value.
     assert set(config) & EXTENSION_ARGS == set(kwargs) & EXTENSION_ARGS
@@ -83,9 +78,9 @@ def test_config_is_the_same_before_and_after_build(name):
     # build() must not rewrite constructor attributes (a habit of Keras's own
     # layer to avoid), or a saved config would differ from the constructed one.
     layer = BN(**CONFIG_CASES[name])
-    before = _json(layer.get_config())
+    before = config_json(layer.get_config())
     layer(np.random.default_rng(0).random((8, 3, 4, 2)).astype("float32"), training=True)
-    assert _json(layer.get_config()) == before
+    assert config_json(layer.get_config()) == before
 
 
 @pytest.mark.parametrize("name", ["default", "keras_args", "initializers_regularizers", "renorm"])
@@ -99,7 +94,7 @@ def test_config_is_keras_config(name):
     assert set(ours) == set(theirs)
     ours.pop("name")
     theirs.pop("name")
-    assert _json(ours) == _json(theirs)
+    assert config_json(ours) == config_json(theirs)
     assert type(BN.from_config(theirs)) is BN
     keras.layers.BatchNormalization.from_config(ours)
 
@@ -147,7 +142,8 @@ def test_keras_file_round_trip_after_training(tmp_path, bn_kwargs):
     for name in ("bn_in", "bn_time"):
         layer = loaded.get_layer(name)
         assert isinstance(layer, keras_bn_ext.BatchNormalization)
-        assert _json(layer.get_config()) == _json(model.get_layer(name).get_config())
+        original = model.get_layer(name).get_config()
+        assert config_json(layer.get_config()) == config_json(original)
     # Same backend, same weights: bitwise the same state and predictions.
     assert [w.path for w in loaded.weights] == [w.path for w in model.weights]
     for old, new in zip(model.weights, loaded.weights):
