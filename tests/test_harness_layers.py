@@ -5,6 +5,7 @@ harness itself fails when it should."""
 import keras
 import numpy as np
 import pytest
+import reference
 from harness import check_config_round_trip
 from harness import run_layer_test
 
@@ -54,51 +55,37 @@ def test_batch_normalization_harness(case):
     )
 
 
+# A training call on two samples gives -1/+1 (up to epsilon) per channel.
+X = np.array([[0.0, 10.0], [2.0, 30.0]], dtype="float32")
+
+
 def test_harness_expected_output():
-    # The harness compares values when given them: a training call on two
-    # samples gives -1/+1 (up to epsilon) per channel.
-    x = np.array([[0.0, 10.0], [2.0, 30.0]], dtype="float32")
-    mean, var = x.mean(0), x.var(0)
-    expected = (x - mean) / np.sqrt(var + 1e-3)
+    # The harness compares values when given them.
     run_layer_test(
         BN,
         call_kwargs={"training": True},
-        input_data=x,
-        expected_output=expected,
+        input_data=X,
+        expected_output=reference.batch_norm(X).output,
         expected_output_shape=(2, 2),
         run_mixed_precision_check=False,
     )
 
 
 # The harness must be able to fail: wrong expectations and broken layers.
+WRONG_EXPECTATIONS = {
+    "weight_count": dict(input_shape=(2, 3), expected_output_shape=(2, 3),
+                         expected_num_trainable_weights=3),
+    "loss_count": dict(init_kwargs={"gamma_regularizer": "l2"}, input_shape=(2, 3),
+                       expected_num_losses=2),
+    "output": dict(input_data=X, call_kwargs={"training": True}, expected_output=X),
+}
 
 
-def test_harness_rejects_wrong_weight_count():
+@pytest.mark.parametrize("name", list(WRONG_EXPECTATIONS))
+def test_harness_rejects_wrong_expectation(name):
     with pytest.raises(AssertionError):
-        run_layer_test(
-            BN, {}, input_shape=(2, 3), expected_output_shape=(2, 3),
-            expected_num_trainable_weights=3,
-            run_training_check=False, run_mixed_precision_check=False,
-        )
-
-
-def test_harness_rejects_wrong_loss_count():
-    with pytest.raises(AssertionError):
-        run_layer_test(
-            BN, {"gamma_regularizer": "l2"}, input_shape=(2, 3),
-            expected_num_losses=2,
-            run_training_check=False, run_mixed_precision_check=False,
-        )
-
-
-def test_harness_rejects_wrong_output():
-    x = np.array([[0.0, 10.0], [2.0, 30.0]], dtype="float32")
-    with pytest.raises(AssertionError):
-        run_layer_test(
-            BN, {}, input_data=x, call_kwargs={"training": True},
-            expected_output=x,
-            run_training_check=False, run_mixed_precision_check=False,
-        )
+        run_layer_test(BN, **WRONG_EXPECTATIONS[name], run_training_check=False,
+                       run_mixed_precision_check=False)
 
 
 class _ForgetfulBN(BN):
