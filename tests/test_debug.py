@@ -243,14 +243,19 @@ def test_tf_explicit_jit_compile_warns_instead_of_dropping_records():
     assert len(seen) == 2
 
 
+def stateless_layer():
+    """A built layer and the variable values its `stateless_call` takes."""
+    layer = keras_bn_ext.BatchNormalization()
+    layer.build((None, 3))
+    return (layer, [v.value for v in layer.trainable_variables],
+            [v.value for v in layer.non_trainable_variables])
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="jax.jit custom loop")
 def test_jax_jit_stateless_call_one_record_per_execution():
     import jax
 
-    layer = keras_bn_ext.BatchNormalization()
-    layer.build((None, 3))
-    trainable = [v.value for v in layer.trainable_variables]
-    non_trainable = [v.value for v in layer.non_trainable_variables]
+    layer, trainable, non_trainable = stateless_layer()
     traces = []
 
     def step(trainable, non_trainable, x):
@@ -689,10 +694,7 @@ def test_no_host_callback_when_off(monkeypatch):
 def test_jaxpr_has_no_callback_when_off():
     import jax
 
-    layer = keras_bn_ext.BatchNormalization()
-    layer.build((None, 3))
-    trainable = [v.value for v in layer.trainable_variables]
-    non_trainable = [v.value for v in layer.non_trainable_variables]
+    layer, trainable, non_trainable = stateless_layer()
 
     def jaxpr_text(training):
         # A fresh function each time: JAX caches traces per function object.

@@ -29,10 +29,12 @@ def set_moving_stats(layer, mean, var):
     layer.moving_variance.assign(np.asarray(var, "float32"))
 
 
-def assert_moving_statistics(layer, mean, variance):
-    actual_mean, actual_variance = moving_statistics(layer)
-    np.testing.assert_allclose(actual_mean, mean, atol=ATOL, rtol=RTOL)
-    np.testing.assert_allclose(actual_variance, variance, atol=ATOL, rtol=RTOL)
+def assert_moving_statistics(layer, expected):
+    """The layer's moving statistics are those of `expected`, a
+    `reference.State`, to float32 accuracy."""
+    mean, variance = moving_statistics(layer)
+    np.testing.assert_allclose(mean, expected.moving_mean, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(variance, expected.moving_variance, atol=ATOL, rtol=RTOL)
 
 
 # Default layout ---------------------------------------------------------------
@@ -112,8 +114,7 @@ def test_mode_batch_in_training_uses_batch_stats_and_updates():
     for x, step in zip(batches, expected):
         y = to_numpy(layer(x, training=True))
         np.testing.assert_allclose(y, step.output, atol=ATOL, rtol=RTOL)
-    state = expected[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, expected[-1].state)
 
 
 def test_mode_batch_frozen_layer_does_not_update():
@@ -171,8 +172,8 @@ def test_mode_batch_in_fit_updates_and_predict_uses_each_batch_stats():
     model = single_layer_model(layer)
 
     model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
-    state = reference.train(fit_batches(x, 8), momentum=0.9)[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    expected = reference.train(fit_batches(x, 8), momentum=0.9)
+    assert_moving_statistics(layer, expected[-1].state)
     mean, var = moving_statistics(layer)
 
     # predict normalizes each batch of 16 with its own statistics, no update.
@@ -244,8 +245,7 @@ def test_unbiased_moving_variance_stores_n_over_n_minus_1(shape, axis):
         np.testing.assert_allclose(
             y, reference.normalize(x, step.mean, step.variance, axis), atol=ATOL, rtol=RTOL
         )
-    state = expected[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, expected[-1].state)
     # And not the biased one (the test can tell them apart).
     biased = reference.train(batches, axis=axis, momentum=0.9)[-1].state
     assert not np.allclose(moving_statistics(layer)[1], biased.moving_variance,
@@ -281,7 +281,7 @@ def test_unbiased_moving_variance_counts_spatial_elements():
     layer(x, training=True)
     state = reference.batch_norm(x, momentum=0.5, unbiased_moving_variance=True).state
     assert state.num_batches_tracked == 1
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, state)
 
 
 # debias -------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_debias_is_exact_after_one_step_for_any_initial_value(mean_init, var_ini
     )
     layer(x, training=True)
     mean, var, _ = reference.moments(x)
-    assert_moving_statistics(layer, mean, var)
+    assert_moving_statistics(layer, reference.State(mean, var))
     # So inference right after one step normalizes that batch properly.
     y = to_numpy(layer(x, training=False))
     np.testing.assert_allclose(y, reference.normalize(x, mean, var), atol=1e-4)
@@ -332,7 +332,7 @@ def test_debias_after_k_steps_matches_the_closed_form_of_keras_ema():
     # And against the float64 reference, tighter.
     state = reference.train(batches, reference.initial_state(3, mean0, var0),
                             momentum=beta, debias=True)[-1].state
-    assert_moving_statistics(ours, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(ours, state)
     assert int(to_numpy(ours.num_batches_tracked)) == state.num_batches_tracked == 5
 
 
@@ -354,8 +354,7 @@ def test_virtual_batches_normalize_each_group_and_average_the_update(shape, axis
         # Not the same as normalizing the whole batch (the test can fail).
         whole = reference.batch_norm(x, axis=axis).output
         assert not np.allclose(y, whole, atol=1e-3)
-    state = expected[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, expected[-1].state)
 
 
 def test_virtual_batches_leave_inference_unchanged():
@@ -427,8 +426,7 @@ def test_track_updates_counts_only_real_updates():
     layer(batches[0], training=True)  # frozen: no update
     assert int(to_numpy(layer.num_batches_tracked)) == 3
     # The counter changes nothing in the statistics themselves.
-    state = reference.train(batches, momentum=0.9)[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, reference.train(batches, momentum=0.9)[-1].state)
 
 
 def test_counter_does_not_count_an_empty_batch():
@@ -643,7 +641,7 @@ def test_options_in_fit_match_the_numpy_reference(options):
     statistics_options = {k: v for k, v in options.items() if k in (
         "momentum", "debias", "unbiased_moving_variance", "virtual_batch_size")}
     state = reference.train(batches, initial, **statistics_options)[-1].state
-    assert_moving_statistics(layer, state.moving_mean, state.moving_variance)
+    assert_moving_statistics(layer, state)
     mean, var = moving_statistics(layer)
     assert [r.updated for r in records] == [True] * 4
     if layer.num_batches_tracked is not None:
