@@ -1,5 +1,6 @@
-"""Statistics math on `keras.ops`: moments (shifted, masked, ghost, synced),
-moving-average weights, and Batch Renormalization corrections.
+"""Statistics math on `keras.ops`: one moments function (shifted, masked,
+cross-replica), the training kernel with its hand-written gradient, the
+moving-average weights and Batch Renormalization's corrections.
 
 Everything here is a pure function of tensors; the layer owns the variables.
 """
@@ -7,26 +8,228 @@ Everything here is a pure function of tensors; the layer owns the variables.
 import math
 from typing import NamedTuple
 
-import keras
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
 
 
-class BatchStatistics(NamedTuple):
-    """Per-channel statistics of one batch.
+class Moments(NamedTuple):
+    """Per-channel moments over the reduced axes, each with `keepdims`.
 
-    `mean` and `variance` have the parameter shape (e.g. `(C,)`), or
-    `(G, C)` for `G` virtual (ghost) batches. `count` is the number of
-    elements reduced per channel (a scalar tensor, or per channel with a
-    mask). `valid` says, per channel, whether the statistics may update the
-    moving averages (non-empty and, when checked, finite).
+    The mean is kept as `shift + offset`: `shift` is a value near the data
+    (no gradient) and `offset = E[x - shift]` is small, so for |mean| >> std
+    neither the mean nor `(x - shift) - offset` loses digits to rounding.
+    `count` is the number of elements reduced per channel: a scalar without
+    a mask, per channel with one.
+    """
+
+    shift: object
+    offset: object
+    variance: object
+    count: object
+
+    @property
+    def mean(self):
+        return self.shift + self.offset
+
+
+class BatchStatistics(NamedTuple):
+    """One batch's statistics in the parameter shape (e.g. `(C,)`, or
+    `(G, C)` for `G` virtual batches), for the moving update and the debug
+    records. `valid` says, per channel, whether they may update the moving
+    averages (non-empty and, when checked, finite).
     """
 
     mean: object
     variance: object
     count: object
     valid: object
+
+
+def _no_reduce(tensors):
+    return tensors
+
+
+def moments(x, axes, mask=None, reduce=None):
+    """Mean and biased variance of `x` over `axes`: exact, stable, masked.
+
+    Shifted two-pass: with `s` a value near each channel's data, the mean is
+    `s + E[x - s]` and the variance `E[((x - s) - E[x - s])^2]`: no
+    large-magnitude sums and no cancellation (unlike `E[x^2] - E[x]^2`).
+
+    Args:
+        x: float tensor.
+        axes: the axes to reduce (a list of ints).
+        mask: optional boolean tensor broadcastable to `x`, `True` where an
+            element counts. A channel with no element gets mean 0, variance 0
+            and count 0; values at masked positions (even NaN) never enter.
+        reduce: optional cross-replica sum, `reduce(list_of_tensors)` ->
+            list of sums over replicas (for synchronized statistics). The
+            replicas first agree on a shared shift, then sum exact counts,
+            centered sums and squared deviations: no precision is lost,
+            whatever the replica count or local batch sizes.
+
+    Returns:
+        `Moments` with `keepdims` shapes.
+    """
+    reduce = reduce or _no_reduce
+    if mask is None:
+        valid = None
+        count = reduced_count(x, axes)
+        local_shift = first_element(x, axes)
+    else:
+        valid = ops.broadcast_to(mask, ops.shape(x))
+        count = ops.sum(ops.cast(valid, x.dtype), axis=axes, keepdims=True)
+        local_shift = _sum(_where(valid, x), axes) / ops.maximum(count, 1.0)
+    shift = ops.stop_gradient(local_shift)
+    if reduce is not _no_reduce:
+        # The replicas holding data agree on one shift: the mean of theirs.
+        has_data = ops.cast(count > 0, x.dtype) * ops.ones_like(shift)
+        total, holders = reduce([shift * has_data, has_data])
+        shift = ops.stop_gradient(total / ops.maximum(holders, 1.0))
+    count, centered_sum = reduce(
+        [count, _sum(_where(valid, x - _distinct(shift, 2.0)), axes)]
+    )
+    safe_count = ops.maximum(count, 1.0)
+    # The mean as `head + tail`, exactly `shift + E[x - shift]`: `head` is the
+    # float nearest to it and `tail` the rounding error (Fast2Sum).
+    offset = centered_sum / safe_count
+    head = shift + offset
+    tail = offset - (head - shift)
+    # E[(x - head)^2] = var + tail^2, with |tail| <= half an ulp of the mean:
+    # no cancellation, and each reduction subtracts one per-channel vector,
+    # which XLA fuses into a single read of `x`. d(variance)/d(head) is
+    # exactly 0, so autodiff need not go through it: a reduction less.
+    head, tail = ops.stop_gradient(head), ops.stop_gradient(tail)
+    deviations = x - _distinct(head, 0.0)
+    (squares,) = reduce([_sum(ops.square(_where(valid, deviations)), axes)])
+    variance = ops.maximum(squares / safe_count - ops.square(tail), 0.0)
+    # Gradients reach the mean through `offset`; its value is head + tail.
+    tail = tail + (offset - ops.stop_gradient(offset))
+    return Moments(head, tail, variance, count)
+
+
+def centered(x, m):
+    """`(x - shift) - offset`, in that order: exact for |mean| >> std."""
+    return (x - m.shift) - m.offset
+
+
+def batch_statistics(m, param_shape, check_finite=True):
+    """`BatchStatistics` (parameter shape) from keepdims `Moments`."""
+    mean = ops.reshape(m.mean, param_shape)
+    variance = ops.reshape(m.variance, param_shape)
+    count = m.count
+    if len(count.shape):
+        count = ops.reshape(count, param_shape)
+    valid = _validity(count, mean, variance, check_finite)
+    return BatchStatistics(
+        mean, variance, count, ops.broadcast_to(valid, ops.shape(mean))
+    )
+
+
+def normalize_batch(x, m, gamma, beta, epsilon):
+    """`((x - shift) - offset) / sqrt(var + eps) * gamma + beta`.
+
+    Subtracting the shift first keeps the output exact for |mean| >> std,
+    where `x * scale + offset` loses it (1% of the std at mean 1e6). `gamma`
+    and `beta` broadcast like the moments (or are None).
+    """
+    scale = ops.rsqrt(m.variance + epsilon)
+    if gamma is not None:
+        scale = scale * gamma
+    y = centered(x, m) * scale
+    return y if beta is None else y + beta
+
+
+def normalize_moving(x, mean, variance, gamma, beta, epsilon):
+    """Inference: `(x - mean) * (gamma / sqrt(var + eps)) + beta`, one pass;
+    subtracting the mean first keeps it exact for |mean| >> std."""
+    scale = ops.rsqrt(variance + epsilon)
+    if gamma is not None:
+        scale = scale * gamma
+    y = (x - mean) * scale
+    return y if beta is None else y + beta
+
+
+def batch_norm(x, axes, gamma, beta, epsilon):
+    """Training kernel: `(outputs, Moments)` of `x` over `axes`, unmasked and
+    local, with a hand-written gradient.
+
+    Autodiff of the forward formula reads and writes the full-size tensor
+    about 17 times under XLA; this gradient needs 10 passes in all: forward
+    2 reductions and the normalization, backward 2 reductions and `dx`.
+    With `xc = (x - shift) - offset` and `inv = 1 / sqrt(var + eps)`:
+
+        dbeta  = sum(dy)
+        dgamma = inv * sum(dy * xc)
+        dx     = gamma * inv * dy
+                 - gamma * inv^3 * xc * sum(dy * xc) / n
+                 - gamma * inv * sum(dy) / n
+                 + (d mean + 2 * xc * d var) / n
+
+    where the last line carries the cotangents of the returned mean and
+    variance. `gamma` and `beta` are tensors broadcastable to `x` (never
+    None: pass ones/zeros), and get gradients in their own shapes.
+    """
+    count = reduced_count(x, axes)
+    native = backend_ops.native_batch_norm(x, axes, gamma, beta, epsilon)
+    if native is not None:
+        y, mean, variance = native
+        return y, Moments(mean, ops.zeros_like(mean), variance, count)
+
+    def forward(x, gamma, beta):
+        m = moments(x, axes)
+        y = normalize_batch(x, m, gamma, beta, epsilon)
+        inv = ops.rsqrt(m.variance + epsilon)
+        return (y, m.mean, m.variance), (x, m.shift, m.offset, inv, gamma)
+
+    def backward(residuals, cotangents):
+        x, shift, offset, inv, gamma = residuals
+        dy, dmean, dvar = cotangents
+        n = ops.maximum(count, 1.0)
+        sum_dy = _sum(dy, axes)
+        sum_dy_xc = _sum(dy * (x - _distinct(shift, 1.0)), axes) - offset * sum_dy
+        a = gamma * inv
+        b = (2.0 * dvar - a * inv * inv * sum_dy_xc) / n
+        c = (dmean - a * sum_dy) / n
+        dx = a * dy + (((x - shift) - offset) * b + c)
+        dgamma = _sum_to_shape(inv * sum_dy_xc, gamma.shape)
+        dbeta = _sum_to_shape(sum_dy, gamma.shape)
+        return dx, dgamma, dbeta
+
+    y, mean, variance = backend_ops.custom_vjp(forward, backward)(x, gamma, beta)
+    # The kernels return the mean whole (as its own shift, offset 0): the
+    # outputs are already normalized, so the split is no longer needed.
+    return y, Moments(mean, ops.zeros_like(mean), variance, count)
+
+
+def _distinct(vector, tag):
+    """`vector` (per channel), in a form XLA can neither prove equal to
+    another use of it nor fuse into a full-size loop.
+
+    XLA CPU hands a reduction to a fast library kernel only when the reduced
+    operand reads `x` and small per-channel operands directly. If two
+    reductions share `x - vector`, or the vector's own computation is fused
+    into that subtraction, XLA writes `x - vector` to memory first: two more
+    full-size passes. A select on finiteness does neither (a distinct `tag`
+    per use); a non-finite vector makes the batch non-finite anyway.
+    """
+    return ops.where(ops.isfinite(vector), vector, ops.full_like(vector, tag))
+
+
+def _where(valid, x):
+    # where(), not x * weights, so that a NaN/inf at a masked position stays out.
+    return x if valid is None else ops.where(valid, x, ops.zeros_like(x))
+
+
+def _sum(x, axes):
+    return backend_ops.channel_sum(x, axes)
+
+
+def _sum_to_shape(x, shape):
+    """Sums the axes where `shape` is 1 and `x` is not (undoes broadcasting)."""
+    axes = [i for i, d in enumerate(shape) if d == 1 and x.shape[i] != 1]
+    return ops.sum(x, axis=axes, keepdims=True) if axes else x
 
 
 def reduced_count(x, axes):
@@ -38,150 +241,16 @@ def reduced_count(x, axes):
     return ops.cast(count, x.dtype)
 
 
-def _static_count(x, axes):
-    """Elements per channel if known at trace time, else None."""
-    dims = [x.shape[a] for a in axes]
-    return None if None in dims else math.prod(dims)
-
-
-def _first_element(x, axes):
-    """The first element of each channel (0 for an empty batch).
+def first_element(x, axes):
+    """The first element of each channel (keepdims; 0 for an empty batch).
 
     Slicing 0:1 never fails on an empty dimension, and a sum over at most one
     element is exact, so this is a cheap, data-dependent shift.
     """
-    index = tuple(slice(0, 1) if i in axes else slice(None) for i in range(len(x.shape)))
+    index = tuple(
+        slice(0, 1) if i in axes else slice(None) for i in range(len(x.shape))
+    )
     return ops.sum(x[index], axis=axes, keepdims=True)
-
-
-def unmasked_moments(x, axes):
-    """Mean and biased variance over `axes`, keepdims, numerically stable.
-
-    Shifted two-pass: with `s` one element of each channel, the mean is
-    `s + E[x - s]` (no large-magnitude sums) and the variance is
-    `E[(x - s - E[x - s])^2]` (no cancellation, unlike E[x^2] - E[x]^2,
-    which goes negative in float32 for |mean| >> std).
-    """
-    native = backend_ops.moments(x, axes)
-    if native is not None:
-        return native
-    shift = ops.stop_gradient(_first_element(x, axes))
-    dtype = backend_ops.accumulator_dtype(
-        keras.backend.standardize_dtype(x.dtype), _static_count(x, axes)
-    )
-    centered = ops.cast(x - shift, dtype)
-    count = ops.maximum(ops.cast(reduced_count(x, axes), dtype), 1.0)
-    mean_centered = ops.sum(centered, axis=axes, keepdims=True) / count
-    variance = (
-        ops.sum(ops.square(centered - mean_centered), axis=axes, keepdims=True)
-        / count
-    )
-    return shift + ops.cast(mean_centered, x.dtype), ops.cast(variance, x.dtype)
-
-
-def masked_moments(x, mask, axes):
-    """Exact masked mean and variance (two passes), safe when all masked.
-
-    `mask` is boolean and broadcastable to `x`. Channels with no unmasked
-    element get mean 0, variance 0 and count 0.
-    """
-    mask = ops.broadcast_to(mask, ops.shape(x))
-    weights = ops.cast(mask, x.dtype)
-    count = ops.sum(weights, axis=axes, keepdims=True)
-    safe_count = ops.maximum(count, 1.0)
-    # where(), not x * weights, so that a NaN/inf at a masked position stays out.
-    mean = ops.sum(ops.where(mask, x, 0.0), axis=axes, keepdims=True) / safe_count
-    centered = ops.where(mask, x - mean, 0.0)
-    variance = ops.sum(ops.square(centered), axis=axes, keepdims=True) / safe_count
-    return mean, variance, count
-
-
-def synchronized_moments(x, mask, axes):
-    """Moments over the global batch across replicas: two exact rounds."""
-    weights = ops.ones_like(x) if mask is None else ops.cast(
-        ops.broadcast_to(mask, ops.shape(x)), x.dtype
-    )
-    masked_x = x if mask is None else ops.where(ops.cast(weights, "bool"), x, 0.0)
-    count, total = backend_ops.all_reduce_sum(
-        [
-            ops.sum(weights, axis=axes, keepdims=True),
-            ops.sum(masked_x, axis=axes, keepdims=True),
-        ]
-    )
-    safe_count = ops.maximum(count, 1.0)
-    mean = total / safe_count
-    (squares,) = backend_ops.all_reduce_sum(
-        [ops.sum(weights * ops.square(masked_x - mean), axis=axes, keepdims=True)]
-    )
-    return mean, squares / safe_count, count
-
-
-def batch_statistics(x, axes, param_shape, mask=None, synchronized=False,
-                     check_finite=True):
-    """`BatchStatistics` of `x` reduced over `axes`.
-
-    Returns the statistics in `param_shape`, the count and the validity.
-    """
-    if synchronized:
-        mean, variance, count = synchronized_moments(x, mask, axes)
-        count = ops.reshape(count, param_shape)
-    elif mask is not None:
-        mean, variance, count = masked_moments(x, mask, axes)
-        count = ops.reshape(count, param_shape)
-    else:
-        mean, variance = unmasked_moments(x, axes)
-        count = reduced_count(x, axes)
-    mean = ops.reshape(mean, param_shape)
-    variance = ops.reshape(variance, param_shape)
-    return BatchStatistics(
-        mean, variance, count, _validity(count, mean, variance, check_finite)
-    )
-
-
-def fused_batch_statistics(x, axes, param_shape, gamma, beta, epsilon,
-                           check_finite=True):
-    """Outputs and `BatchStatistics` from the backend's native training
-    kernel (one channel axis), or None where there is none."""
-    if len(param_shape) != 1 or len(axes) != len(x.shape) - 1:
-        return None
-    (axis,) = [i for i in range(len(x.shape)) if i not in axes]
-    fused = backend_ops.fused_batch_norm_training(x, axis, gamma, beta, epsilon)
-    if fused is None:
-        return None
-    outputs, mean, variance = fused
-    count = reduced_count(x, axes)
-    return outputs, BatchStatistics(
-        mean, variance, count, _validity(count, mean, variance, check_finite)
-    )
-
-
-def ghost_statistics(x, axes, param_shape, virtual_batch_size, mask=None,
-                     check_finite=True):
-    """Statistics per virtual batch of `virtual_batch_size` samples.
-
-    `x` is split along axis 0 into `G` groups; returns `BatchStatistics`
-    whose mean and variance have shape `(G,) + param_shape`, with counts and
-    validity per group, and the grouped input (shape `(G, k, ...)`), so the
-    caller can normalize each group with its own statistics.
-    """
-    k = virtual_batch_size
-    grouped_shape = (-1, k) + tuple(ops.shape(x)[1:])
-    grouped = ops.reshape(x, grouped_shape)
-    group_axes = [1] + [a + 1 for a in axes if a != 0]
-    group_param_shape = (-1,) + tuple(param_shape)
-    if mask is not None:
-        mask = ops.reshape(ops.broadcast_to(mask, ops.shape(x)), grouped_shape)
-        mean, variance, count = masked_moments(grouped, mask, group_axes)
-        count = ops.reshape(count, group_param_shape)
-    else:
-        mean, variance = unmasked_moments(grouped, group_axes)
-        count = reduced_count(grouped, group_axes)
-    mean = ops.reshape(mean, group_param_shape)
-    variance = ops.reshape(variance, group_param_shape)
-    valid = ops.broadcast_to(
-        _validity(count, mean, variance, check_finite), ops.shape(mean)
-    )
-    return BatchStatistics(mean, variance, count, valid), grouped
 
 
 def _validity(count, mean, variance, check_finite):
@@ -237,18 +306,3 @@ def renorm_corrections(mean, variance, renorm_mean, renorm_stddev, epsilon,
     if clipping.get("dmax") is not None:
         d = ops.clip(d, -clipping["dmax"], clipping["dmax"])
     return ops.stop_gradient(r), ops.stop_gradient(d)
-
-
-def scale_and_offset(mean, variance, gamma, beta, epsilon):
-    """Folds normalization into one per-channel scale and offset.
-
-    `y = (x - mean) / sqrt(var + eps) * gamma + beta = x * scale + offset`,
-    so the full-size tensor is touched by one multiply-add.
-    """
-    scale = ops.rsqrt(variance + epsilon)
-    if gamma is not None:
-        scale = scale * gamma
-    offset = -mean * scale
-    if beta is not None:
-        offset = offset + beta
-    return scale, offset

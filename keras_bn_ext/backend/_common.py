@@ -1,6 +1,8 @@
-"""Helpers shared by the per-backend modules."""
+"""Defaults for the per-backend modules: what a backend that needs nothing
+special does. Each backend module overrides only what differs."""
 
 import numpy as np
+from keras import ops
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 
@@ -13,36 +15,42 @@ def is_shape_inference():
     return in_symbolic_scope()
 
 
-# Defaults for backends whose variables can always be read on the host and
-# that run eagerly or fuse elementwise work themselves.
+# Statistics kernels ------------------------------------------------------------
 
 
-def moments(x, axes):
-    # None: use the portable shifted formula of keras_bn_ext.statistics.
+def custom_vjp(forward, backward):
+    """`f(*args)` computed by `forward(*args) -> (outputs, residuals)` whose
+    gradient is `backward(residuals, output_cotangents) -> arg_gradients`.
+
+    Default: no custom gradient, autodiff differentiates `forward` itself.
+    """
+
+    def f(*args):
+        return forward(*args)[0]
+
+    return f
+
+
+def channel_sum(x, axes):
+    """Sum over `axes` (keepdims), accurate in float32 over many elements."""
+    return ops.sum(x, axis=axes, keepdims=True)
+
+
+def native_batch_norm(x, axes, gamma, beta, epsilon):
+    """`(outputs, mean, variance)` from a native training kernel, or None
+    where the portable kernel is as good (XLA fuses it)."""
     return None
 
 
-def accumulator_dtype(dtype, count=None):
-    # JAX/XLA and torch reduce float32 accurately (pairwise/vectorized).
-    return dtype
-
-
-def fused_batch_norm_training(x, axis, gamma, beta, epsilon):
-    # No native kernel to prefer: XLA fuses the portable formula.
+def native_inference(x, channel_axes, mean, variance, gamma, beta, epsilon):
     return None
 
 
-def fused_batch_norm_inference(x, channel_axes, mean, variance, gamma, beta,
-                               epsilon):
-    return None
+# Host callbacks and variable reads ------------------------------------------
 
 
 def is_compiling():
     return False
-
-
-def multiply_add(x, scale, offset):
-    return x * scale + offset
 
 
 def value_moved_to_trainer(variable):
@@ -62,5 +70,10 @@ def all_reduce_sum(tensors):
     return tensors
 
 
+def is_distributed():
+    return False
+
+
 def flush():
-    pass
+    """Waits until every host callback issued so far has run (JAX runs them
+    asynchronously); a no-op where callbacks run inline."""

@@ -1,15 +1,102 @@
-"""PyTorch: native batch-norm kernels and direct host callbacks."""
+"""PyTorch: native batch-norm kernels, the custom gradient as an
+`autograd.Function`, and direct host callbacks."""
 
 import torch
+import torch.nn.functional as F
 
-from keras_bn_ext.backend._common import is_shape_inference
+from keras_bn_ext.backend import _common
 from keras_bn_ext.backend._common import to_numpy
+
+
+class _CustomVJP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, forward, backward, *args):
+        outputs, residuals = forward(*args)
+        ctx.backward = backward
+        ctx.save_for_backward(*residuals)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        return (None, None) + tuple(ctx.backward(ctx.saved_tensors, cotangents))
+
+
+def custom_vjp(forward, backward):
+    def f(*args):
+        return _CustomVJP.apply(forward, backward, *args)
+
+    return f
+
+
+# Past this many values per channel, the 2-D and channels-last kernels' sums
+# (plain float32, row after row) lose the variance even on shifted values:
+# 1.2e-5 relative at 65,536 values with mean 1e6 and std 1, 1.5e-3 at 1M.
+_CHANNELS_LAST_MAX_COUNT = 65536
+
+
+def native_batch_norm(x, axes, gamma, beta, epsilon):
+    """Outputs, batch mean and biased variance (keepdims) from torch's native
+    training kernel (one call forward, one fused backward), for a single
+    channel axis; None for fewer than 2 values per channel or other dtypes.
+
+    torch.var_mean over non-innermost axes is a scalar Welford loop (13-16x
+    a plain sum on CPU) and autograd through the portable formula adds
+    several full-size passes.
+    """
+    kept = [i for i in range(x.ndim) if i not in axes]
+    if len(kept) != 1 or x.dtype not in (torch.float32, torch.float64):
+        return None
+    (axis,) = kept
+    channels = x.shape[axis]
+    count = x.numel() // max(channels, 1)
+    if count < 2:
+        return None
+    if axis == x.ndim - 1 and count > _CHANNELS_LAST_MAX_COUNT:
+        return None  # the portable kernel's sums stay accurate (cascade sums)
+    # The 2-D and channels-last kernels sum in plain float32 and fold the
+    # normalization into x * a + b: for |mean| >> std that loses the
+    # variance. One element per channel subtracted first makes the values
+    # O(std); normalization and its gradient are shift-invariant.
+    index = tuple(slice(0, 1) if i != axis else slice(None) for i in range(x.ndim))
+    shift = x[index].detach()
+    centered = x - shift
+    if axis == x.ndim - 1:
+        view = centered.reshape(-1, channels)  # (rows, C): free, contiguous
+    else:
+        view = centered.movedim(axis, 1)  # (N, C, ...): a view
+    # Fresh buffers and momentum=1: the kernel writes this batch's mean and
+    # unbiased variance into them.
+    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    unbiased = torch.ones(channels, dtype=x.dtype, device=x.device)
+    out = F.batch_norm(
+        view, mean, unbiased, gamma.reshape(-1), beta.reshape(-1), True, 1.0,
+        epsilon,
+    )
+    out = out.reshape(x.shape) if axis == x.ndim - 1 else out.movedim(1, axis)
+    shape = shift.shape
+    return out, mean.reshape(shape) + shift, (unbiased * ((count - 1) / count)).reshape(shape)
+
+
+def native_inference(x, channel_axes, mean, variance, gamma, beta, epsilon):
+    """PyTorch's native inference kernel (one fused pass) where the layout
+    allows it without a copy; else None."""
+    if len(channel_axes) != 1 or x.ndim < 2:
+        return None
+    axis = channel_axes[0]
+    if axis == 1:
+        view = x
+    elif axis == x.ndim - 1 and x.is_contiguous():
+        view = x.reshape(-1, x.shape[-1])  # (rows, C): free for a contiguous x
+    else:
+        return None
+    out = F.batch_norm(view, mean, variance, gamma, beta, False, 0.0, epsilon)
+    return out.reshape(x.shape)
 
 
 def host_callback(fn, payload):
     # Keras runs call() once on meta/dummy tensors to infer output shapes:
     # that is not a real execution, so it makes no record.
-    if is_shape_inference():
+    if _common.is_shape_inference():
         return
     _run_on_host(fn, payload)
 
@@ -28,74 +115,19 @@ def host_value(variable):
         return None
 
 
-def all_reduce_sum(tensors):
+def is_distributed():
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(tensors):
+    if not is_distributed():
         return tensors
     from torch.distributed.nn.functional import all_reduce
 
     return [all_reduce(t) for t in tensors]
 
 
-def fused_batch_norm_training(x, axis, gamma, beta, epsilon):
-    """Outputs, batch mean and biased variance from torch's native training
-    kernel (one call forward, one fused backward), for any single channel
-    axis; None for fewer than 2 values per channel or other dtypes.
-
-    torch.var_mean over non-innermost axes is a scalar Welford loop (13-16x
-    a plain sum on CPU) and autograd through the portable formula adds
-    several full-size passes.
-    """
-    import torch.nn.functional as F
-
-    channels = x.shape[axis]
-    count = x.numel() // max(channels, 1)
-    if count < 2 or x.dtype not in (torch.float32, torch.float64):
-        return None
-    # The 2-D and channels-last kernels sum in plain float32 and fold the
-    # normalization into x * a + b: for |mean| >> std that loses the
-    # variance. One element per channel subtracted first makes the values
-    # O(std); normalization and its gradient are shift-invariant.
-    index = tuple(slice(0, 1) if i != axis else slice(None) for i in range(x.ndim))
-    shift = x[index].detach()
-    centered = x - shift
-    if axis == x.ndim - 1:
-        view = centered.reshape(-1, channels)  # (rows, C): free, contiguous
-    else:
-        view = centered.movedim(axis, 1)  # (N, C, ...): a view
-    # Fresh buffers and momentum=1: the kernel writes this batch's mean and
-    # unbiased variance into them.
-    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    unbiased = torch.ones(channels, dtype=x.dtype, device=x.device)
-    out = F.batch_norm(view, mean, unbiased, gamma, beta, True, 1.0, epsilon)
-    out = out.reshape(x.shape) if axis == x.ndim - 1 else out.movedim(1, axis)
-    return out, mean + shift.reshape(-1), unbiased * ((count - 1) / count)
-
-
-def fused_batch_norm_inference(x, channel_axes, mean, variance, gamma, beta,
-                               epsilon):
-    """PyTorch's native inference kernel (one fused pass) where the layout
-    allows it without a copy; else None."""
-    import torch.nn.functional as F
-
-    if len(channel_axes) != 1 or x.ndim < 2:
-        return None
-    axis = channel_axes[0]
-    if axis == 1:
-        view = x
-    elif axis == x.ndim - 1 and x.is_contiguous():
-        view = x.reshape(-1, x.shape[-1])  # (rows, C): free for a contiguous x
-    else:
-        return None
-    out = F.batch_norm(view, mean, variance, gamma, beta, False, 0.0, epsilon)
-    return out.reshape(x.shape)
-
-
 def is_compiling():
     return torch.compiler.is_compiling()
-
-
-def multiply_add(x, scale, offset):
-    # One fused kernel instead of a multiply and an add over the full tensor.
-    return torch.addcmul(offset, x, scale)

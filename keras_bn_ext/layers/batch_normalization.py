@@ -311,17 +311,15 @@ class BatchNormalization(keras.layers.Layer):
         mask = self._standardize_mask(mask, x)
         self._warn_if_fresh_statistics(decision)
 
-        # 2. Get the statistics (and renorm's correction, which reads the
-        # renorm averages before this call updates them).
-        batch, outputs = None, None
+        # 2. Get the statistics. With the batch's, the training kernel
+        # normalizes while it computes them (its gradient is hand-written).
+        batch = None
         if decision.branch is Branch.BATCH:
-            # (On torch a native kernel may normalize while it computes them.)
-            batch, x, outputs = self._batch_statistics(x, mask)
+            outputs, batch = self._batch_norm(x, mask)
             mean, variance = batch.mean, batch.variance
         else:
             mean = ops.cast(self.moving_mean, x.dtype)
             variance = ops.cast(self.moving_variance, x.dtype)
-        gamma, beta = self._gamma_and_beta(decision, mean, variance, x.dtype)
 
         # 3. Update the moving statistics.
         updated = None
@@ -329,13 +327,11 @@ class BatchNormalization(keras.layers.Layer):
             updated = self._update_moving_statistics(batch, x.dtype)
             self._checked_fresh_statistics = True  # it trains: no seed warning
 
-        # 4. Normalize.
-        if outputs is None:
-            outputs = self._normalize(x, mean, variance, gamma, beta, batch)
+        # 4. Normalize with the moving statistics.
+        if batch is None:
+            outputs = self._normalize_moving(x, mean, variance)
         if self.debugging:
             self._records.emit(decision, training, mean, variance, batch, updated)
-        if batch is not None and self.virtual_batch_size:
-            outputs = ops.reshape(outputs, ops.shape(inputs))  # ungroup
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
@@ -440,10 +436,11 @@ class BatchNormalization(keras.layers.Layer):
             f"Received: mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
         )
 
-    def _batch_statistics(self, x, mask):
-        """This batch's `BatchStatistics`, `x` (grouped (G, k, ...) for
-        virtual batches), and the outputs where a native kernel computed
-        them with the statistics (else None)."""
+    def _batch_norm(self, x, mask):
+        """`(outputs, BatchStatistics)`: `x` normalized with its own
+        statistics (per virtual batch of `virtual_batch_size` samples)."""
+        axes, param_shape = self._reduction_axes, self._param_shape
+        channel_axes = self._channel_axes
         k = self.virtual_batch_size
         if k:
             if x.shape[0] is not None and x.shape[0] % k != 0:
@@ -451,45 +448,59 @@ class BatchNormalization(keras.layers.Layer):
                     "`virtual_batch_size` must divide the batch size. Received: "
                     f"virtual_batch_size={k}, batch size={x.shape[0]}"
                 )
-            batch, grouped = statistics.ghost_statistics(
-                x, self._reduction_axes, self._param_shape, k, mask,
-                self.skip_nonfinite_updates,
+            # Groups of k consecutive samples: (G, k, ...), G statistics each.
+            grouped_shape = (-1, k) + tuple(ops.shape(x)[1:])
+            if mask is not None:
+                mask = ops.reshape(ops.broadcast_to(mask, ops.shape(x)), grouped_shape)
+            inputs_shape, x = ops.shape(x), ops.reshape(x, grouped_shape)
+            axes = [1] + [a + 1 for a in axes if a != 0]
+            channel_axes = [a + 1 for a in channel_axes]
+            param_shape = (-1,) + tuple(param_shape)
+        gamma, beta = self._gamma_and_beta(x, channel_axes)
+        reduce = None
+        if self.synchronized and backend_ops.is_distributed():
+            reduce = backend_ops.all_reduce_sum
+        if mask is None and reduce is None and not self.renorm:
+            outputs, moments = statistics.batch_norm(x, axes, gamma, beta, self.epsilon)
+        else:
+            # A fully masked channel gets mean 0 and variance 0, as in Keras:
+            # its outputs stay finite and its moving statistics untouched.
+            moments = statistics.moments(x, axes, mask, reduce)
+            if self.renorm:
+                gamma, beta = self._renorm_gamma_and_beta(moments, gamma, beta)
+            outputs = statistics.normalize_batch(
+                x, moments, gamma, beta, self.epsilon
             )
-            return batch, grouped, None
-        if mask is None and not (self.synchronized or self.renorm):
-            fused = statistics.fused_batch_statistics(
-                x, self._reduction_axes, self._param_shape,
-                ops.cast(self.gamma, x.dtype) if self.scale else None,
-                ops.cast(self.beta, x.dtype) if self.center else None,
-                self.epsilon, self.skip_nonfinite_updates,
-            )
-            if fused is not None:
-                outputs, batch = fused
-                return batch, x, outputs
-        # A fully masked channel gets mean 0 and variance 0, as in Keras: its
-        # outputs stay finite and its moving statistics are left untouched.
+        if k:
+            outputs = ops.reshape(outputs, inputs_shape)  # ungroup
         batch = statistics.batch_statistics(
-            x, self._reduction_axes, self._param_shape, mask,
-            self.synchronized, self.skip_nonfinite_updates,
+            moments, param_shape, self.skip_nonfinite_updates
         )
-        return batch, x, None
+        return outputs, batch
 
-    def _gamma_and_beta(self, decision, mean, variance, dtype):
-        gamma = ops.cast(self.gamma, dtype) if self.scale else None
-        beta = ops.cast(self.beta, dtype) if self.center else None
-        if not (self.renorm and decision.branch is Branch.BATCH):
-            return gamma, beta
+    def _gamma_and_beta(self, x, channel_axes):
+        """`gamma` and `beta` shaped to broadcast against `x` (ones and zeros
+        when `scale`/`center` are off, which the kernels need)."""
+        shape = [x.shape[i] if i in channel_axes else 1 for i in range(len(x.shape))]
+        gamma = ops.ones(shape, x.dtype)
+        beta = ops.zeros(shape, x.dtype)
+        if self.scale:
+            gamma = ops.reshape(ops.cast(self.gamma, x.dtype), shape)
+        if self.center:
+            beta = ops.reshape(ops.cast(self.beta, x.dtype), shape)
+        return gamma, beta
+
+    def _renorm_gamma_and_beta(self, moments, gamma, beta):
+        # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
+        dtype = moments.variance.dtype
+        shape = ops.shape(moments.variance)
         r, d = statistics.renorm_corrections(
-            mean, variance,
-            ops.cast(self.renorm_mean, dtype), ops.cast(self.renorm_stddev, dtype),
+            moments.mean, moments.variance,
+            ops.reshape(ops.cast(self.renorm_mean, dtype), shape),
+            ops.reshape(ops.cast(self.renorm_stddev, dtype), shape),
             self.epsilon, self.renorm_clipping,
         )
-        # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
-        new_gamma = r if gamma is None else r * gamma
-        new_beta = d if gamma is None else d * gamma
-        if beta is not None:
-            new_beta = new_beta + beta
-        return new_gamma, new_beta
+        return r * gamma, d * gamma + beta
 
     def _update_moving_statistics(self, batch, dtype):
         """Assigns the new moving statistics where the batch is valid.
@@ -559,28 +570,19 @@ class BatchNormalization(keras.layers.Layer):
             ),
         }
 
-    def _normalize(self, inputs, mean, variance, gamma, beta, batch):
-        if batch is None:  # the moving statistics: a native kernel if any
-            fused = backend_ops.fused_batch_norm_inference(
-                inputs, self._channel_axes, mean, variance, gamma, beta,
-                self.epsilon,
-            )
-            if fused is not None:
-                return fused
-        scale, offset = statistics.scale_and_offset(
-            mean, variance, gamma, beta, self.epsilon
+    def _normalize_moving(self, x, mean, variance):
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        native = backend_ops.native_inference(
+            x, self._channel_axes, mean, variance, gamma, beta, self.epsilon
         )
-        if len(mean.shape) > len(self._param_shape):
-            # Ghost batches: `inputs` is grouped (G, k, ...) and the
-            # statistics are (G,) + param shape.
-            shape = [-1, 1] + [
-                inputs.shape[a + 1] if a in self._channel_axes else 1
-                for a in range(1, len(inputs.shape) - 1)
-            ]
-        else:
-            shape = self._broadcast_shape(inputs)
-        return backend_ops.multiply_add(
-            inputs, ops.reshape(scale, shape), ops.reshape(offset, shape)
+        if native is not None:
+            return native
+        shape = self._broadcast_shape(x)
+        reshape = lambda t: None if t is None else ops.reshape(t, shape)  # noqa: E731
+        return statistics.normalize_moving(
+            x, reshape(mean), reshape(variance), reshape(gamma), reshape(beta),
+            self.epsilon,
         )
 
     def _warn_if_fresh_statistics(self, decision):
