@@ -134,70 +134,84 @@ def normalize_batch(x, m, gamma, beta, epsilon):
     where `x * scale + offset` loses it (1% of the std at mean 1e6). `gamma`
     and `beta` broadcast like the moments (or are None).
     """
-    scale = ops.rsqrt(m.variance + epsilon)
-    if gamma is not None:
-        scale = scale * gamma
-    y = centered(x, m) * scale
-    return y if beta is None else y + beta
+    return _scale_and_shift(centered(x, m), m.variance, gamma, beta, epsilon)
 
 
 def normalize_moving(x, mean, variance, gamma, beta, epsilon):
     """Inference: `(x - mean) * (gamma / sqrt(var + eps)) + beta`, one pass;
     subtracting the mean first keeps it exact for |mean| >> std."""
+    return _scale_and_shift(x - mean, variance, gamma, beta, epsilon)
+
+
+def _scale_and_shift(centered_x, variance, gamma, beta, epsilon):
     scale = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         scale = scale * gamma
-    y = (x - mean) * scale
-    return y if beta is None else y + beta
+    if beta is None:
+        return centered_x * scale
+    return backend_ops.multiply_add(centered_x, scale, beta)
 
 
-def batch_norm(x, axes, gamma, beta, epsilon):
-    """Training kernel: `(outputs, Moments)` of `x` over `axes`, unmasked and
-    local, with a hand-written gradient.
+def batch_norm(x, axes, gamma, beta, epsilon, mask=None, reduce=None):
+    """Training kernel: `(outputs, Moments)`, `x` normalized with its own
+    moments over `axes` (see `moments` for `mask` and `reduce`), with a
+    hand-written gradient.
 
     Autodiff of the forward formula reads and writes the full-size tensor
     about 17 times under XLA; this gradient needs 10 passes in all: forward
     2 reductions and the normalization, backward 2 reductions and `dx`.
-    With `xc = (x - shift) - offset` and `inv = 1 / sqrt(var + eps)`:
+    With `xc = (x - shift) - offset`, `inv = 1 / sqrt(var + eps)` and `w`
+    the mask (1 without one):
 
         dbeta  = sum(dy)
         dgamma = inv * sum(dy * xc)
         dx     = gamma * inv * dy
-                 - gamma * inv^3 * xc * sum(dy * xc) / n
-                 - gamma * inv * sum(dy) / n
-                 + (d mean + 2 * xc * d var) / n
+                 + w * (- gamma * inv^3 * xc * sum(dy * xc)
+                        - gamma * inv * sum(dy)
+                        + d mean + 2 * xc * d var) / n
 
-    where the last line carries the cotangents of the returned mean and
-    variance. `gamma` and `beta` are tensors broadcastable to `x` (never
-    None: pass ones/zeros), and get gradients in their own shapes.
+    where `d mean`, `d var` are the cotangents of the returned mean and
+    variance, and the sums run over the global batch under `reduce`.
+    `gamma` and `beta` are tensors broadcastable to `x` (never None: pass
+    ones/zeros), and get gradients in their own shapes. Where torch's
+    native kernel runs (unmasked, local), the returned statistics carry no
+    gradient; the layer uses them only for the moving update.
     """
-    count = reduced_count(x, axes)
-    native = backend_ops.native_batch_norm(x, axes, gamma, beta, epsilon)
-    if native is not None:
-        y, mean, variance = native
-        return y, Moments(mean, ops.zeros_like(mean), variance, count)
+    if mask is None and reduce is None:
+        native = backend_ops.native_batch_norm(x, axes, gamma, beta, epsilon)
+        if native is not None:
+            y, mean, variance = native
+            count = reduced_count(x, axes)
+            return y, Moments(mean, ops.zeros_like(mean), variance, count)
+    reduce = reduce or _no_reduce
 
-    def forward(x, gamma, beta):
-        m = moments(x, axes)
+    def forward(x, gamma, beta, *mask):
+        m = moments(x, axes, *mask, reduce=reduce)
         y = normalize_batch(x, m, gamma, beta, epsilon)
         inv = ops.rsqrt(m.variance + epsilon)
-        return (y, m.mean, m.variance), (x, m.shift, m.offset, inv, gamma)
+        residuals = (x, m.shift, m.offset, inv, m.count, gamma) + mask
+        return (y, m.mean, m.variance, m.count), residuals
 
     def backward(residuals, cotangents):
-        x, shift, offset, inv, gamma = residuals
-        dy, dmean, dvar = cotangents
-        n = ops.maximum(count, 1.0)
+        x, shift, offset, inv, count, gamma, *mask = residuals
+        dy, dmean, dvar, _ = cotangents
         sum_dy = _sum(dy, axes)
-        sum_dy_xc = _sum(dy * (x - _distinct(shift, 1.0)), axes) - offset * sum_dy
+        sum_dy_x = _sum(dy * (x - _distinct(shift, 1.0)), axes)
+        sum_dy, sum_dy_x = reduce([sum_dy, sum_dy_x])
+        sum_dy_xc = sum_dy_x - offset * sum_dy
         a = gamma * inv
+        n = ops.maximum(count, 1.0)
         b = (2.0 * dvar - a * inv * inv * sum_dy_xc) / n
         c = (dmean - a * sum_dy) / n
-        dx = a * dy + (((x - shift) - offset) * b + c)
+        through_statistics = ((x - shift) - offset) * b + c
+        dx = a * dy + _where(mask[0] if mask else None, through_statistics)
         dgamma = _sum_to_shape(inv * sum_dy_xc, gamma.shape)
         dbeta = _sum_to_shape(sum_dy, gamma.shape)
-        return dx, dgamma, dbeta
+        return (dx, dgamma, dbeta) + (None,) * len(mask)
 
-    y, mean, variance = backend_ops.custom_vjp(forward, backward)(x, gamma, beta)
+    args = (x, gamma, beta) + (() if mask is None else (mask,))
+    kernel = backend_ops.custom_vjp(forward, backward)
+    y, mean, variance, count = kernel(*args)
     # The kernels return the mean whole (as its own shift, offset 0): the
     # outputs are already normalized, so the split is no longer needed.
     return y, Moments(mean, ops.zeros_like(mean), variance, count)

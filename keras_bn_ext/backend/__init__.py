@@ -8,9 +8,9 @@ Statistics kernels:
   (`jax.custom_vjp`, `tf.custom_gradient`, `torch.autograd.Function`).
 - `channel_sum(x, axes)`: a keepdims sum that stays accurate in float32 over
   many elements (TensorFlow blocks it in two levels).
-- `native_batch_norm(x, axes, gamma, beta, epsilon)` and
-  `native_inference(...)`: the backend's own batch-norm kernels where they
-  beat the portable kernel (torch), else None.
+- `native_batch_norm(x, axes, gamma, beta, epsilon)`: the backend's own
+  training kernel where it is both faster and accurate (torch), else None.
+- `multiply_add(x, scale, offset)`: `x * scale + offset`, one kernel on torch.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 
@@ -58,7 +58,7 @@ __all__ = [
     "custom_vjp",
     "channel_sum",
     "native_batch_norm",
-    "native_inference",
+    "multiply_add",
     "all_reduce_sum",
     "is_distributed",
     "host_callback",

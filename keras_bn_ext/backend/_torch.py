@@ -12,13 +12,34 @@ class _CustomVJP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, forward, backward, *args):
         outputs, residuals = forward(*args)
-        ctx.backward = backward
-        ctx.save_for_backward(*residuals)
+        ctx.forward, ctx.backward = forward, backward
+        ctx.num_args = len(args)
+        ctx.save_for_backward(*args, *residuals)
         return outputs
 
     @staticmethod
     def backward(ctx, *cotangents):
-        return (None, None) + tuple(ctx.backward(ctx.saved_tensors, cotangents))
+        saved = ctx.saved_tensors
+        args, residuals = saved[: ctx.num_args], saved[ctx.num_args :]
+        if torch.is_grad_enabled():
+            # create_graph=True (second order): the residuals were computed
+            # without a graph, so differentiate the forward formula itself.
+            grads = _autodiff(ctx.forward, args, cotangents)
+        else:
+            grads = ctx.backward(residuals, cotangents)
+        return (None, None) + tuple(grads)
+
+
+def _autodiff(forward, args, cotangents):
+    differentiable = [a for a in args if a.requires_grad]
+    with torch.enable_grad():
+        outputs = forward(*args)[0]
+        pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
+        grads = iter(torch.autograd.grad(
+            [o for o, _ in pairs], differentiable, [c for _, c in pairs],
+            create_graph=True, allow_unused=True,
+        ))
+    return [next(grads) if a.requires_grad else None for a in args]
 
 
 def custom_vjp(forward, backward):
@@ -73,24 +94,16 @@ def native_batch_norm(x, axes, gamma, beta, epsilon):
         epsilon,
     )
     out = out.reshape(x.shape) if axis == x.ndim - 1 else out.movedim(1, axis)
+    # The kernel writes the statistics into buffers, outside autograd: they
+    # carry no gradient (the layer uses them only for the moving update).
     shape = shift.shape
-    return out, mean.reshape(shape) + shift, (unbiased * ((count - 1) / count)).reshape(shape)
+    variance = unbiased * ((count - 1) / count)
+    return out, mean.reshape(shape) + shift, variance.reshape(shape)
 
 
-def native_inference(x, channel_axes, mean, variance, gamma, beta, epsilon):
-    """PyTorch's native inference kernel (one fused pass) where the layout
-    allows it without a copy; else None."""
-    if len(channel_axes) != 1 or x.ndim < 2:
-        return None
-    axis = channel_axes[0]
-    if axis == 1:
-        view = x
-    elif axis == x.ndim - 1 and x.is_contiguous():
-        view = x.reshape(-1, x.shape[-1])  # (rows, C): free for a contiguous x
-    else:
-        return None
-    out = F.batch_norm(view, mean, variance, gamma, beta, False, 0.0, epsilon)
-    return out.reshape(x.shape)
+def multiply_add(x, scale, offset):
+    # One fused kernel instead of a multiply and an add over the full tensor.
+    return torch.addcmul(offset, x, scale)
 
 
 def host_callback(fn, payload):

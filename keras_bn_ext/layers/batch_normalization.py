@@ -460,16 +460,18 @@ class BatchNormalization(keras.layers.Layer):
         reduce = None
         if self.synchronized and backend_ops.is_distributed():
             reduce = backend_ops.all_reduce_sum
-        if mask is None and reduce is None and not self.renorm:
-            outputs, moments = statistics.batch_norm(x, axes, gamma, beta, self.epsilon)
-        else:
-            # A fully masked channel gets mean 0 and variance 0, as in Keras:
-            # its outputs stay finite and its moving statistics untouched.
+        # A fully masked channel gets mean 0 and variance 0, as in Keras: its
+        # outputs stay finite and its moving statistics untouched.
+        if self.renorm:
+            # Renorm's correction needs the statistics before normalizing.
             moments = statistics.moments(x, axes, mask, reduce)
-            if self.renorm:
-                gamma, beta = self._renorm_gamma_and_beta(moments, gamma, beta)
+            gamma, beta = self._renorm_gamma_and_beta(moments, gamma, beta)
             outputs = statistics.normalize_batch(
                 x, moments, gamma, beta, self.epsilon
+            )
+        else:
+            outputs, moments = statistics.batch_norm(
+                x, axes, gamma, beta, self.epsilon, mask, reduce
             )
         if k:
             outputs = ops.reshape(outputs, inputs_shape)  # ungroup
@@ -573,11 +575,6 @@ class BatchNormalization(keras.layers.Layer):
     def _normalize_moving(self, x, mean, variance):
         gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
         beta = ops.cast(self.beta, x.dtype) if self.center else None
-        native = backend_ops.native_inference(
-            x, self._channel_axes, mean, variance, gamma, beta, self.epsilon
-        )
-        if native is not None:
-            return native
         shape = self._broadcast_shape(x)
         reshape = lambda t: None if t is None else ops.reshape(t, shape)  # noqa: E731
         return statistics.normalize_moving(
