@@ -149,17 +149,16 @@ def batch_norm(x, state=None, *, training=True, axis=-1, mask=None, momentum=0.9
     if virtual_batch_size:
         # Each virtual batch of k samples is a batch of its own; the moving
         # statistics follow their average.
-        k = virtual_batch_size
-        masks = [None] * (len(x) // k) if mask is None else np.split(
-            np.broadcast_to(mask, x.shape), len(x) // k)
-        groups = [moments(part, axis, part_mask)
-                  for part, part_mask in zip(np.split(x, len(x) // k), masks)]
+        parts = np.split(x, len(x) // virtual_batch_size)
+        part_masks = [None] * len(parts) if mask is None else np.split(
+            np.broadcast_to(mask, x.shape), len(parts))
+        groups = [moments(part, axis, m) for part, m in zip(parts, part_masks)]
         mean = np.stack([g[0] for g in groups])
         variance = np.stack([g[1] for g in groups])
         count = groups[0][2] if mask is None else np.stack([g[2] for g in groups])
         output = np.concatenate([
             normalize(part, m, v, axis, gamma, beta, epsilon)
-            for part, m, v in zip(np.split(x, len(x) // k), mean, variance)
+            for part, m, v in zip(parts, mean, variance)
         ])
         valid = _valid(count, mean, variance, skip_nonfinite_updates).all(axis=0)
         update_mean, update_variance = mean.mean(axis=0), variance.mean(axis=0)
@@ -201,7 +200,7 @@ def batch_norm(x, state=None, *, training=True, axis=-1, mask=None, momentum=0.9
     new = {name: np.where(valid, value, getattr(state, name))
            for name, value in new.items()}
     state = dataclasses.replace(
-        state, num_batches_tracked=state.num_batches_tracked + updated, **new
+        state, num_batches_tracked=state.num_batches_tracked + int(updated), **new
     )
     return Result(output, mean, variance, count, state, updated)
 
