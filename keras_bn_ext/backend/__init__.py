@@ -13,6 +13,9 @@ Statistics kernels:
 - `multiply_add(x, scale, offset)`: `x * scale + offset`, one kernel on torch.
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
+- `is_distributed()`, `replica_id()`: whether each replica runs its own copy
+  of the call (TF strategy, torch.distributed; not JAX sharding, whose
+  computation is global) and which one this is (else None).
 
 Host callbacks and variable reads:
 - `host_callback(fn, payload)`: runs `fn(**numpy_payload)` on the host each time
@@ -27,6 +30,14 @@ Host callbacks and variable reads:
 - `is_shape_inference()`: inside Keras's shape-inference pass (symbolic
   build, `compute_output_spec`), which is not a real execution.
 - `is_compiling()`: inside torch.compile's tracing (else False).
+
+Compilation and evaluation:
+- `jit_compatible(debugging)`: whether a layer may be XLA-compiled now
+  (TensorFlow cannot call back to Python from XLA, so not while debugging).
+- `set_model_jit(model, debugging)`: switches a compiled model's XLA setting
+  off while its layers debug, and back after (TensorFlow; else nothing).
+- `no_grad()`: a context that records no gradients (torch), for passes that
+  only read statistics.
 """
 
 import importlib
@@ -34,10 +45,8 @@ import importlib
 import keras
 
 from keras_bn_ext.backend import _common
+from keras_bn_ext.backend.supported import BACKENDS  # noqa: F401
 
-# The backends this package runs on (training, debugging, tests, benchmarks);
-# NumPy and OpenVINO are inference-only Keras backends.
-BACKENDS = ("tensorflow", "jax", "torch")
 _MODULES = {
     "tensorflow": "_tensorflow",
     "jax": "_jax",
@@ -61,6 +70,7 @@ __all__ = [
     "multiply_add",
     "all_reduce_sum",
     "is_distributed",
+    "replica_id",
     "host_callback",
     "flush",
     "host_value",
@@ -69,6 +79,9 @@ __all__ = [
     "callbacks_supported",
     "is_shape_inference",
     "is_compiling",
+    "jit_compatible",
+    "set_model_jit",
+    "no_grad",
 ]
 
 

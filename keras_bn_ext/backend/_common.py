@@ -1,6 +1,8 @@
 """Defaults for the per-backend modules: what a backend that needs nothing
 special does. Each backend module overrides only what differs."""
 
+import contextlib
+
 import numpy as np
 from keras import ops
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
@@ -47,6 +49,21 @@ def multiply_add(x, scale, offset):
     return x * scale + offset
 
 
+# Compilation and evaluation ---------------------------------------------------
+
+
+def jit_compatible(debugging):
+    return True
+
+
+def set_model_jit(model, debugging):
+    pass
+
+
+def no_grad():
+    return contextlib.nullcontext()
+
+
 # Host callbacks and variable reads ------------------------------------------
 
 
@@ -73,6 +90,12 @@ def all_reduce_sum(tensors):
 
 def is_distributed():
     return False
+
+
+def replica_id():
+    """This replica's index (an int or a scalar tensor) where each replica
+    computes its own copy of the layer's call, else None."""
+    return None
 
 
 def flush():

@@ -26,8 +26,12 @@ def host_callback(fn, payload):
         fn(**{k: np.asarray(v) for k, v in zip(keys, values)})
 
     # Under eval_shape (Keras's shape inference) nothing executes, so no
-    # record; under jit it runs once per real execution, in program order.
-    jax.debug.callback(run_on_host, *[payload[k] for k in keys], ordered=True)
+    # record; under jit it runs once per real execution. Ordered callbacks
+    # keep program order but JAX refuses them on more than one device, so
+    # there they are unordered (the runtime still runs them in issue order)
+    # and see the global (all-gathered) values: one record per execution.
+    ordered = jax.device_count() == 1
+    jax.debug.callback(run_on_host, *[payload[k] for k in keys], ordered=ordered)
 
 
 def host_value(variable):

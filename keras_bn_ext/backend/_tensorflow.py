@@ -1,6 +1,8 @@
 """TensorFlow: the custom gradient as `tf.custom_gradient`, float32 sums
 blocked in two levels, host callbacks through `tf.py_function`."""
 
+import logging
+
 import tensorflow as tf
 
 from keras_bn_ext.backend._common import to_numpy
@@ -49,6 +51,31 @@ def channel_sum(x, axes):
     return x
 
 
+def jit_compatible(debugging):
+    # A layer that debugs needs host callbacks, which XLA cannot run: with
+    # `supports_jit` False, Keras's jit_compile="auto" picks graph mode.
+    return not debugging
+
+
+def set_model_jit(model, debugging):
+    """A model compiled with jit_compile=True runs as a plain tf.function
+    while any of its layers debugs; its XLA setting comes back after."""
+    if not hasattr(model, "_jit_compile"):
+        return
+    saved = getattr(model, "_keras_bn_ext_saved_jit_compile", None)
+    if debugging and model._jit_compile:
+        model._keras_bn_ext_saved_jit_compile = model._jit_compile
+        model._jit_compile = False
+        logging.getLogger("keras_bn_ext").info(
+            "keras_bn_ext: model %r runs without XLA while debugging "
+            "(TensorFlow cannot call back to Python from XLA).",
+            model.name,
+        )
+    elif not debugging and saved is not None:
+        model._jit_compile = saved
+        model._keras_bn_ext_saved_jit_compile = None
+
+
 def _in_xla_context():
     from tensorflow.python.ops import control_flow_util
 
@@ -93,6 +120,12 @@ def host_value(variable):
 def is_distributed():
     replica_ctx = tf.distribute.get_replica_context()
     return replica_ctx is not None and replica_ctx.num_replicas_in_sync > 1
+
+
+def replica_id():
+    if not is_distributed():
+        return None
+    return tf.distribute.get_replica_context().replica_id_in_sync_group
 
 
 def all_reduce_sum(tensors):

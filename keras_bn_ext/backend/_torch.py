@@ -1,6 +1,8 @@
 """PyTorch: native batch-norm kernels, the custom gradient as an
 `autograd.Function`, and direct host callbacks."""
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -134,12 +136,32 @@ def is_distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def replica_id():
+    import torch.distributed as dist
+
+    return dist.get_rank() if is_distributed() else None
+
+
 def all_reduce_sum(tensors):
+    """One collective for the whole list (the statistics are small vectors),
+    differentiable where autograd needs it (renorm's statistics)."""
     if not is_distributed():
         return tensors
-    from torch.distributed.nn.functional import all_reduce
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if torch.is_grad_enabled() and flat.requires_grad:
+        with warnings.catch_warnings():
+            # Deprecated for a private successor; still the differentiable one.
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.distributed.nn.functional import all_reduce
 
-    return [all_reduce(t) for t in tensors]
+            flat = all_reduce(flat)
+    else:
+        import torch.distributed as dist
+
+        flat = flat.clone()
+        dist.all_reduce(flat)
+    sizes = [t.numel() for t in tensors]
+    return [part.reshape(t.shape) for part, t in zip(flat.split(sizes), tensors)]
 
 
 def is_compiling():

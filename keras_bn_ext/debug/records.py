@@ -36,13 +36,20 @@ class StatsRecord:
             `(G, C)` with `G` virtual batches).
         moving_mean, moving_variance: the moving statistics after the call.
         updated: whether the moving statistics were updated.
-        count: elements reduced per channel (batch branch), else None.
+        count: elements reduced per channel (batch branch; over the global
+            batch when synchronized): an `int`, or with a mask, whose counts
+            differ per channel, an int array of the statistics' shape.
+            None in the moving branch.
         flags: e.g. "never_updated", "nonfinite", "empty_batch",
             "empty_channel", "tiny_variance", "update_skipped".
         backend: the Keras backend.
         index: a running index over all records of the process.
         num_batches_tracked: the update counter after the call, if the layer
             keeps one.
+        replica: the replica that made the record where each replica runs
+            its own copy of the call (TensorFlow distribution strategy, torch
+            DDP rank), else None (also under JAX sharding, where one record
+            has the global numbers).
     """
 
     layer: str
@@ -59,6 +66,7 @@ class StatsRecord:
     backend: str
     index: int
     num_batches_tracked: Optional[int] = None
+    replica: Optional[int] = None
 
     def __str__(self):
         flags = ",".join(self.flags) or "-"
@@ -217,6 +225,9 @@ class RecordBuilder:
             payload["num_batches_tracked"] = ops.convert_to_tensor(
                 layer.num_batches_tracked
             )
+        replica = backend_ops.replica_id()
+        if replica is not None:
+            payload["replica"] = ops.convert_to_tensor(replica, "int32")
         static = dict(
             layer=layer.name,
             branch=str(decision.branch),
@@ -227,7 +238,7 @@ class RecordBuilder:
         backend_ops.host_callback(functools.partial(self.on_host, static), payload)
 
     def on_host(self, static, mean, variance, moving_mean, moving_variance,
-                updated, count=None, num_batches_tracked=None):
+                updated, count=None, num_batches_tracked=None, replica=None):
         layer = self.layer
         flags = []
         if static["branch"] == "moving" and self.never_updated(
@@ -264,6 +275,7 @@ class RecordBuilder:
             index=next(_record_index),
             num_batches_tracked=None if num_batches_tracked is None
             else int(num_batches_tracked),
+            replica=None if replica is None else int(replica),
         )
         if layer.debug:
             logger.info("%s", record)

@@ -4,7 +4,7 @@ import contextlib
 import itertools
 import logging
 
-import keras
+from keras_bn_ext import backend as backend_ops
 
 logger = logging.getLogger("keras_bn_ext")
 
@@ -119,8 +119,6 @@ def capture(model=None):
     >>> [r.branch for r in records], records[0].count
     (['batch'], 4)
     """
-    from keras_bn_ext import backend as backend_ops
-
     records = []
     _captures.append(records)
     if model is not None:
@@ -136,13 +134,10 @@ def capture(model=None):
             retrace(model)
 
 
-def _our_layers(model):
-    from keras_bn_ext.layers import BatchNormalization
-
+def _debuggable_layers(model):
+    # Any layer with the debugging surface (ours); no import of the layer.
     return [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, BatchNormalization)
+        layer for layer in model._flatten_layers() if hasattr(layer, "debugging")
     ]
 
 
@@ -162,18 +157,6 @@ def retrace(model):
     for name in ("train_function", "test_function", "predict_function"):
         if hasattr(model, name):
             setattr(model, name, None)
-    if keras.backend.backend() == "tensorflow" and hasattr(model, "_jit_compile"):
-        debugging = any(layer.debugging for layer in _our_layers(model))
-        saved = getattr(model, "_keras_bn_ext_saved_jit_compile", None)
-        if debugging and model._jit_compile:
-            model._keras_bn_ext_saved_jit_compile = model._jit_compile
-            model._jit_compile = False
-            logger.info(
-                "keras_bn_ext: model %r runs without XLA while debugging "
-                "(TensorFlow cannot call back to Python from XLA).",
-                model.name,
-            )
-        elif not debugging and saved is not None:
-            model._jit_compile = saved
-            model._keras_bn_ext_saved_jit_compile = None
+    debugging = any(layer.debugging for layer in _debuggable_layers(model))
+    backend_ops.set_model_jit(model, debugging)
     return model

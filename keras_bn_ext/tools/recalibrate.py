@@ -22,6 +22,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.layers import BatchNormalization
 from keras_bn_ext.tools.report import batch_norm_layers
@@ -206,12 +207,8 @@ def _run(model, x):
     with warnings.catch_warnings():
         # Fresh statistics are about to be replaced: no NeverUpdatedWarning.
         warnings.simplefilter("ignore", NeverUpdatedWarning)
-        if keras.backend.backend() == "torch":
-            import torch
-
-            with torch.no_grad():
-                return model(x, training=False)
-        return model(x, training=False)
+        with backend_ops.no_grad():
+            return model(x, training=False)
 
 
 class _Intercept:
