@@ -3,6 +3,7 @@ during training, saves them, and plots the moving statistics converging."""
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 
@@ -100,26 +101,19 @@ class StatsMonitor(keras.callbacks.Callback):
         self._step = 0
         self._epoch = 0
         self._layers = {}
-        self._hook = None
 
     # Callback methods ------------------------------------------------------
 
     def on_train_begin(self, logs=None):
         self._layers = self._resolve_layers()
         if self.batch_stats:
-            by_name = {layer.name: path for path, layer in self._layers.items()}
-            self._hook = debug.add_hook(
-                lambda record: self._on_record(record, by_name)
-            )
-            self._rebuild_train_function()
+            self._monitor_train_steps()
         self._record_moving()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.batch_stats:
-            backend_ops.flush()  # this step's records are in before we count it
         self._step += 1
         if self.every_n_steps and self._step % self.every_n_steps == 0:
             self._record_moving()
@@ -129,10 +123,7 @@ class StatsMonitor(keras.callbacks.Callback):
             self._record_moving()
 
     def on_train_end(self, logs=None):
-        if self._hook is not None:
-            backend_ops.flush()
-            self._hook.remove()
-            self._hook = None
+        if self.batch_stats:
             debug.retrace(self.model)  # later calls compile without the hook
         if self.path is not None:
             self.save(self.path)
@@ -217,13 +208,31 @@ class StatsMonitor(keras.callbacks.Callback):
             chosen[matches[0]] = found[matches[0]]
         return chosen
 
-    def _rebuild_train_function(self):
-        # Keras made the train function before on_train_begin; the hook is
-        # compiled in only when it is traced again, so drop it and make a
-        # new one now (fit then calls the new one).
+    def _monitor_train_steps(self):
+        """Records each train step's batch statistics through a global hook
+        that is attached only while a step runs, so that no exit from `fit`
+        (an exception, KeyboardInterrupt, early stopping) leaves it behind
+        for other models to compile in."""
+        by_name = {layer.name: path for path, layer in self._layers.items()}
+        hook = functools.partial(self._on_record, by_name=by_name)
         model = self.model
-        debug.retrace(model)
-        model.make_train_function()
+        # Keras made the train function before on_train_begin; the hook is
+        # compiled in only when it is traced again, so make a new one now,
+        # with the hook attached (TensorFlow then leaves XLA out of it).
+        with debug.add_hook(hook):
+            debug.retrace(model)
+            model.make_train_function()
+        step = model.train_function
+
+        def monitored_step(*args, **kwargs):
+            handle = debug.add_hook(hook)
+            try:
+                return step(*args, **kwargs)
+            finally:
+                backend_ops.flush()  # this step's records are in
+                handle.remove()
+
+        model.train_function = monitored_step
 
     def _record_moving(self):
         _ = self.model  # on JAX, reading it syncs the variables with fit's state
