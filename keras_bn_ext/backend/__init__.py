@@ -21,6 +21,8 @@ Host callbacks and variable reads:
 - `host_callback(fn, payload)`: runs `fn(**numpy_payload)` on the host each time
   the surrounding computation really executes (eager, jit, tf.function).
 - `flush()`: waits until every callback issued so far has run.
+- `stages_callbacks()`: whether callbacks made now are staged into a
+  compiled step (JAX, tf.function), so several can be packed into one.
 - `host_value(variable)`: the variable's current value as NumPy, even while a
   function is being traced; `None` where it cannot be read.
 - `value_moved_to_trainer(variable)` and `call_on_host_if(predicate, fn)`:
@@ -73,6 +75,7 @@ __all__ = [
     "replica_id",
     "host_callback",
     "flush",
+    "stages_callbacks",
     "host_value",
     "value_moved_to_trainer",
     "call_on_host_if",

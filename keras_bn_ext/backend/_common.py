@@ -92,6 +92,12 @@ def is_distributed():
     return False
 
 
+def stages_callbacks():
+    """Whether host callbacks made now are staged into a compiled step (so
+    several can be packed into one), rather than run right away."""
+    return False
+
+
 def replica_id():
     """This replica's index (an int or a scalar tensor) where each replica
     computes its own copy of the layer's call, else None."""

@@ -34,6 +34,10 @@ def host_callback(fn, payload):
     jax.debug.callback(run_on_host, *[payload[k] for k in keys], ordered=ordered)
 
 
+def stages_callbacks():
+    return True
+
+
 def host_value(variable):
     # Inside stateless_call (Keras's JAX trainer, user jit loops) the real
     # value is a tracer in the stateless scope, and the trainer may have

@@ -109,6 +109,10 @@ def host_callback(fn, payload):
     tf.py_function(run_on_host, [payload[k] for k in keys], Tout=[])
 
 
+def stages_callbacks():
+    return not tf.executing_eagerly()
+
+
 def host_value(variable):
     try:
         with tf.init_scope():

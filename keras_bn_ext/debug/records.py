@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.debug import registry
+from keras_bn_ext.debug import step_callbacks
 
 logger = logging.getLogger("keras_bn_ext")
 _record_index = itertools.count()
@@ -235,7 +236,7 @@ class RecordBuilder:
             training=training if isinstance(training, (bool, type(None))) else bool(training),
             wants_update=decision.update,
         )
-        backend_ops.host_callback(functools.partial(self.on_host, static), payload)
+        step_callbacks.host_callback(functools.partial(self.on_host, static), payload)
 
     def on_host(self, static, mean, variance, moving_mean, moving_variance,
                 updated, count=None, num_batches_tracked=None, replica=None):

@@ -5,6 +5,7 @@ import itertools
 import logging
 
 from keras_bn_ext import backend as backend_ops
+from keras_bn_ext.debug import step_callbacks
 
 logger = logging.getLogger("keras_bn_ext")
 
@@ -159,4 +160,5 @@ def retrace(model):
             setattr(model, name, None)
     debugging = any(layer.debugging for layer in _debuggable_layers(model))
     backend_ops.set_model_jit(model, debugging)
+    step_callbacks.wrap_steps(model)  # one host callback per step
     return model

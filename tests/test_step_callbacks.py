@@ -1,0 +1,68 @@
+"""Inside fit/evaluate/predict of a model that `debug.capture(model)` (or
+`debug.retrace`) prepared, every layer's record of a step travels in one
+host callback where callbacks are staged (JAX, tf.function): same records,
+same order, one callback instead of one per layer."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bn_ext
+from keras_bn_ext import backend as backend_ops
+
+STAGED = keras.backend.backend() in ("jax", "tensorflow")
+
+
+def _model(layers):
+    inputs = keras.Input((4,))
+    x = inputs
+    for i in range(layers):
+        x = keras_bn_ext.BatchNormalization(momentum=0.5, name=f"bn{i}")(x)
+        x = keras.layers.Dense(4)(x)
+    model = keras.Model(inputs, x)
+    model.compile("sgd", "mse")
+    return model
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_one_host_callback_per_step_carries_every_record(monkeypatch, layers):
+    issued = []
+    real = backend_ops.host_callback
+
+    def counting(fn, payload):
+        # Made at trace time (or eagerly); Keras's shape inference traces
+        # the model once more without running it: not counted.
+        if not backend_ops.is_shape_inference():
+            issued.append(sorted(payload))
+        real(fn, payload)
+
+    monkeypatch.setattr(backend_ops, "host_callback", counting)
+    model = _model(layers)
+    x = np.random.RandomState(0).normal(size=(16, 4)).astype("float32")
+    with keras_bn_ext.debug.capture(model) as records:
+        model.fit(x, x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    # Two steps, each with a record per layer, in the layers' order.
+    names = [f"bn{i}" for i in range(layers)]
+    assert [r.layer for r in records] == names * 2
+    assert all(r.branch == "batch" and r.count == 8 for r in records)
+    for step in range(2):
+        batch = x[step * 8:(step + 1) * 8].astype(np.float64)
+        np.testing.assert_allclose(records[step * layers].mean, batch.mean(0), rtol=1e-5)
+    if STAGED:
+        # One traced callback (the packed step), not one per layer.
+        assert issued == [["packed"]], issued
+    else:
+        assert len(issued) == 2 * layers  # torch runs each call's eagerly
+
+
+def test_packed_records_keep_counts_flags_and_moving_statistics():
+    model = _model(2)
+    x = np.random.RandomState(1).normal(size=(8, 4)).astype("float32")
+    with keras_bn_ext.debug.capture(model) as records:
+        model.predict(x, batch_size=8, verbose=0)
+    assert [r.layer for r in records] == ["bn0", "bn1"]
+    for record in records:
+        assert record.branch == "moving" and record.count is None
+        assert record.flags == ("never_updated",)
+        np.testing.assert_array_equal(record.moving_variance, np.ones(4))
+        assert record.updated is False
