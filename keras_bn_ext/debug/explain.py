@@ -4,6 +4,7 @@ import numpy as np
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.branching import decide_branch
+from keras_bn_ext.layers import options
 
 
 def _summary(values, n=6):
@@ -42,14 +43,8 @@ def explain(layer):
     else:
         lines.append("The moving statistics differ from their initial "
                      "values, so they were updated (or assigned).")
-    extras = [name for name in ("debias", "unbiased_moving_variance")
-              if getattr(layer, name)]
-    if layer.momentum is None:
-        extras.append("cumulative average (momentum=None)")
-    if layer.virtual_batch_size:
-        extras.append(f"virtual batches of {layer.virtual_batch_size}")
-    if layer.renorm:
-        extras.append("batch renormalization")
+    extras = [option.explain(value) for option, value in options.used_options(layer)
+              if option.explain]
     if extras:
         lines.append("Options: " + ", ".join(extras) + ".")
     lines += _rules(layer)

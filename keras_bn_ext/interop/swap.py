@@ -9,24 +9,9 @@ layer's weights. The original model is never modified.
 import keras
 
 from keras_bn_ext.layers import BatchNormalization
-from keras_bn_ext.layers.batch_normalization import EXTENSION_DEFAULTS
+from keras_bn_ext.layers import options
 
 TARGETS = ("keras_bn_ext", "keras")
-
-# Extension options that change what the layer computes or stores, so a Keras
-# layer would silently behave differently: converting them to Keras raises.
-# The other two are dropped: `debug` only logs, and `skip_nonfinite_updates`
-# only matters for a non-finite batch (Keras itself never skips one).
-_INEXPRESSIBLE = {
-    "mode": "Keras has no forced mode; trainable=False freezes the moving "
-    "statistics but also gamma and beta",
-    "momentum": "Keras has no cumulative average (momentum=None)",
-    "unbiased_moving_variance": "Keras always stores the biased variance",
-    "debias": "Keras has no debiased moving averages",
-    "virtual_batch_size": "Keras 3 has no virtual (ghost) batches",
-    "track_updates": "Keras has no update counter, so `num_batches_tracked` "
-    "would be lost",
-}
 
 
 def convert_model(model, to="keras_bn_ext"):
@@ -45,8 +30,9 @@ def convert_model(model, to="keras_bn_ext"):
     something else). Converting to Keras a layer with an extension option
     Keras cannot express (`mode`, `momentum=None`,
     `unbiased_moving_variance`, `debias`, `virtual_batch_size`,
-    `track_updates`) raises a `ValueError` naming it; `debug` and
-    `skip_nonfinite_updates` are dropped.
+    `track_updates`: the options whose row in
+    `keras_bn_ext.layers.options` gives a `keras` reason) raises a
+    `ValueError` naming it; `debug` and `skip_nonfinite_updates` are dropped.
 
     Args:
         model: a built Sequential or functional `keras.Model`.
@@ -121,27 +107,24 @@ def _convert_layer(layer, to):
 
 
 def _keras_config(layer):
+    # Options Keras's layer would silently compute differently raise; the
+    # others (they only log, or only matter on a non-finite batch) are dropped.
     offending = [
-        option for option in _INEXPRESSIBLE if _is_extension_used(layer, option)
+        (option, value)
+        for option, value in options.used_options(layer)
+        if option.keras
     ]
     if offending:
-        reasons = "; ".join(_INEXPRESSIBLE[option] for option in offending)
-        received = ", ".join(f"{o}={getattr(layer, o)!r}" for o in offending)
+        reasons = "; ".join(option.keras for option, _ in offending)
+        received = ", ".join(option.received(value) for option, value in offending)
         raise ValueError(
             f"Cannot convert layer {layer.name!r} to "
             f"keras.layers.BatchNormalization: {reasons}. Received: {received}"
         )
     config = layer.get_config()
-    for option in EXTENSION_DEFAULTS:
-        config.pop(option, None)
+    for option in options.EXTENSIONS:
+        config.pop(option.name, None)
     return config
-
-
-def _is_extension_used(layer, option):
-    value = getattr(layer, option)
-    if option == "momentum":
-        return value is None
-    return value != EXTENSION_DEFAULTS[option]
 
 
 def _check_no_hidden_batch_norm(layer):

@@ -17,6 +17,8 @@ only inside the functions: the package imports without it.
 import keras
 import numpy as np
 
+from keras_bn_ext.layers import options
+
 _TORCH_CLASSES = {
     # module class name -> input ranks it accepts (the first is the default)
     "BatchNorm1d": (2, 3),
@@ -143,8 +145,9 @@ def to_torch(layer):
 
     Raises:
         ValueError: for what PyTorch's BatchNorm cannot express: a channel
-            axis other than 1, `center != scale`, `renorm=True`,
-            `virtual_batch_size`, `synchronized=True`, or an unbuilt layer.
+            axis other than 1, `center != scale`, an unbuilt layer, or an
+            option whose row in `keras_bn_ext.layers.options` gives a `torch`
+            reason (`renorm=True`, `synchronized=True`, `virtual_batch_size`).
 
     Example:
 
@@ -268,19 +271,7 @@ def _check_exportable(layer):
             "PyTorch's `affine` adds both weight and bias or neither. "
             f"Received: center={layer.center}, scale={layer.scale}"
         )
-    if layer.renorm:
-        raise ValueError(
-            "PyTorch has no Batch Renormalization. Received: renorm=True"
-        )
-    if layer.virtual_batch_size:
-        raise ValueError(
-            "PyTorch's BatchNorm has no virtual (ghost) batches. Received: "
-            f"virtual_batch_size={layer.virtual_batch_size}"
-        )
-    if layer.synchronized:
-        raise ValueError(
-            "to_torch exports a plain BatchNorm; wrap the result with "
-            "torch.nn.SyncBatchNorm.convert_sync_batchnorm for synchronized "
-            "statistics. Received: synchronized=True"
-        )
+    for option, value in options.used_options(layer):
+        if option.torch:
+            raise ValueError(f"{option.torch}. Received: {option.received(value)}")
     return rank

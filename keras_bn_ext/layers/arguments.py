@@ -1,13 +1,23 @@
-"""Argument checks for `BatchNormalization`: each error names the argument
-and the value received."""
+"""Argument and mask checks for `BatchNormalization`: each error names the
+argument and the value received (`Received: axis=5`).
+
+Each `check_*` function returns the value to store (e.g. `int(axis)`) or
+raises a `ValueError`; `keras_bn_ext.layers.options` says which one checks
+each extension option.
+"""
 
 import math
 import numbers
 
+from keras import ops
+
+from keras_bn_ext.branching import decide_branch
+
 RENORM_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 
-def _check_axis(axis):
+def check_axis(axis):
+    """An int or a non-empty list of ints (a tuple becomes a list)."""
     if isinstance(axis, (list, tuple)):
         if not axis or not all(_is_int(a) for a in axis):
             raise ValueError(
@@ -22,7 +32,7 @@ def _check_axis(axis):
     return int(axis)
 
 
-def _resolve_axes(axis, ndim):
+def resolve_axes(axis, ndim):
     """Non-negative, sorted channel axes for inputs of rank `ndim`."""
     axes = [axis] if isinstance(axis, int) else list(axis)
     resolved = []
@@ -38,7 +48,8 @@ def _resolve_axes(axis, ndim):
     return sorted(resolved)
 
 
-def _check_momentum(value, name, allow_none=False):
+def check_momentum(value, name, allow_none=False):
+    """A momentum in [0, 1] as a float (`None` too when `allow_none`)."""
     if value is None and allow_none:
         return None
     if (
@@ -53,7 +64,8 @@ def _check_momentum(value, name, allow_none=False):
     return float(value)
 
 
-def _check_epsilon(value):
+def check_epsilon(value):
+    """A finite epsilon > 0 as a float."""
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
@@ -66,7 +78,8 @@ def _check_epsilon(value):
     return float(value)
 
 
-def _check_renorm_clipping(renorm, clipping):
+def check_renorm_clipping(renorm, clipping):
+    """The `renorm_clipping` dict (unchecked, as Keras, when `renorm` is off)."""
     if not renorm:
         return clipping
     clipping = dict(clipping or {})
@@ -91,7 +104,18 @@ def _check_renorm_clipping(renorm, clipping):
     return clipping
 
 
-def _check_virtual_batch_size(value):
+def check_mode(mode):
+    """One of `branching.MODES`.
+
+    The branch rule checks its `mode` (it is public); asking it here keeps
+    that check the only one, and the layer's error the same as the rule's.
+    """
+    decide_branch(None, True, mode)
+    return mode
+
+
+def check_virtual_batch_size(value):
+    """A positive int, or None (no virtual batches)."""
     if value is None:
         return None
     if not _is_int(value) or value < 1:
@@ -102,7 +126,7 @@ def _check_virtual_batch_size(value):
     return int(value)
 
 
-def _check_combinations(layer):
+def check_combinations(layer):
     """Options that contradict each other get an error naming both."""
     if layer.renorm and layer.mode != "auto":
         raise ValueError(
@@ -143,6 +167,47 @@ def _check_combinations(layer):
             "mode='moving' never updates the moving statistics, so there is "
             "nothing to debias. Received: mode='moving', debias=True"
         )
+
+
+def standardize_mask(mask, x, axis, channel_axes=None):
+    """A boolean mask broadcastable to `x`, or None when `mask` is None.
+
+    Accepted masks: the shape of `x` without its channel axes (the natural
+    mask for any `axis`), Keras's convention `x.shape[:-1]` (one channel
+    axis), or the rank of `x`; each broadcastable.
+
+    Args:
+        mask: a mask tensor (any dtype; nonzero counts) or None.
+        x: the inputs.
+        axis: the layer's `axis` argument (named in the error).
+        channel_axes: `resolve_axes(axis, len(x.shape))`, if already known.
+    """
+    if mask is None:
+        return None
+    ndim = len(x.shape)
+    if channel_axes is None:
+        channel_axes = resolve_axes(axis, ndim)
+    mask_shape = tuple(mask.shape)
+    candidates = []
+    if len(mask_shape) == ndim:
+        candidates.append(mask_shape)
+    elif len(mask_shape) == ndim - len(channel_axes):
+        # The natural mask: inputs' shape without the channel axes.
+        natural = list(mask_shape)
+        for a in channel_axes:
+            natural.insert(a, 1)
+        candidates.append(tuple(natural))
+        if len(channel_axes) == 1:
+            # Keras's convention: the mask covers inputs.shape[:-1].
+            candidates.append(mask_shape + (1,))
+    for shape in candidates:
+        if _broadcastable(shape, x.shape):
+            return ops.reshape(ops.cast(mask, "bool"), shape)
+    raise ValueError(
+        "The mask must be broadcastable to the inputs without their "
+        f"channel axis (axis={axis}), or have the inputs' rank. "
+        f"Received: mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
+    )
 
 
 def _broadcastable(shape, target):

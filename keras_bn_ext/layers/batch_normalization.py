@@ -9,31 +9,18 @@ from keras import regularizers
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext import statistics
-from keras_bn_ext.branching import MODES
 from keras_bn_ext.branching import Branch
 from keras_bn_ext.branching import decide_branch
 from keras_bn_ext.debug import registry
 from keras_bn_ext.debug.records import RecordBuilder
-from keras_bn_ext.layers.arguments import _broadcastable
-from keras_bn_ext.layers.arguments import _check_axis
-from keras_bn_ext.layers.arguments import _check_combinations
-from keras_bn_ext.layers.arguments import _check_epsilon
-from keras_bn_ext.layers.arguments import _check_momentum
-from keras_bn_ext.layers.arguments import _check_renorm_clipping
-from keras_bn_ext.layers.arguments import _check_virtual_batch_size
-from keras_bn_ext.layers.arguments import _resolve_axes
-
-# Extension arguments and their defaults; `get_config` writes only the ones a
-# user changed, so a default layer's config is exactly Keras's.
-EXTENSION_DEFAULTS = {
-    "mode": "auto",
-    "skip_nonfinite_updates": True,
-    "unbiased_moving_variance": False,
-    "debias": False,
-    "virtual_batch_size": None,
-    "track_updates": False,
-    "debug": False,
-}
+from keras_bn_ext.layers import options
+from keras_bn_ext.layers.arguments import check_axis
+from keras_bn_ext.layers.arguments import check_combinations
+from keras_bn_ext.layers.arguments import check_epsilon
+from keras_bn_ext.layers.arguments import check_momentum
+from keras_bn_ext.layers.arguments import check_renorm_clipping
+from keras_bn_ext.layers.arguments import resolve_axes
+from keras_bn_ext.layers.arguments import standardize_mask
 
 
 def _clone_initializer(initializer):
@@ -158,37 +145,29 @@ class BatchNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.axis = _check_axis(axis)
-        self.momentum = _check_momentum(momentum, "momentum", allow_none=True)
-        self.epsilon = _check_epsilon(epsilon)
+        self.axis = check_axis(axis)
+        self.momentum = options.check("momentum", momentum)
+        self.epsilon = check_epsilon(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = initializers.get(
-            moving_variance_initializer
-        )
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self.beta_regularizer = regularizers.get(beta_regularizer)
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.beta_constraint = constraints.get(beta_constraint)
         self.gamma_constraint = constraints.get(gamma_constraint)
-        self.renorm = bool(renorm)
-        self.renorm_clipping = _check_renorm_clipping(renorm, renorm_clipping)
-        self.renorm_momentum = _check_momentum(renorm_momentum, "renorm_momentum")
-        self.synchronized = bool(synchronized)
-        if mode not in MODES:
-            raise ValueError(
-                f"`mode` must be one of {MODES}. Received: mode={mode!r}"
-            )
-        self.mode = mode
-        self.skip_nonfinite_updates = bool(skip_nonfinite_updates)
-        self.unbiased_moving_variance = bool(unbiased_moving_variance)
-        self.debias = bool(debias)
-        self.virtual_batch_size = _check_virtual_batch_size(virtual_batch_size)
-        self.track_updates = bool(track_updates)
-        self.debug = bool(debug)
-        _check_combinations(self)
+        self.renorm = options.check("renorm", renorm)
+        self.renorm_clipping = check_renorm_clipping(renorm, renorm_clipping)
+        self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
+        self.synchronized = options.check("synchronized", synchronized)
+        # The extension options (mode, ..., debug): an attribute each, with
+        # the check of its row in `options`.
+        arguments = locals()
+        for option in options.EXTENSIONS:
+            setattr(self, option.name, option.check(arguments[option.name]))
+        check_combinations(self)
         self.supports_masking = True
 
         self.gamma = None
@@ -223,7 +202,7 @@ class BatchNormalization(keras.layers.Layer):
 
     def build(self, input_shape):
         ndim = len(input_shape)
-        channel_axes = _resolve_axes(self.axis, ndim)
+        channel_axes = resolve_axes(self.axis, ndim)
         for a in channel_axes:
             if input_shape[a] is None:
                 raise ValueError(
@@ -301,7 +280,7 @@ class BatchNormalization(keras.layers.Layer):
         return self.track_updates or self.momentum is None or self.debias
 
     def compute_output_shape(self, input_shape):
-        _resolve_axes(self.axis, len(input_shape))
+        resolve_axes(self.axis, len(input_shape))
         return input_shape
 
     def call(self, inputs, training=None, mask=None):
@@ -359,9 +338,7 @@ class BatchNormalization(keras.layers.Layer):
             "renorm_clipping": self.renorm_clipping,
             "renorm_momentum": self.renorm_momentum,
         }
-        for name, default in EXTENSION_DEFAULTS.items():
-            if getattr(self, name) != default:
-                config[name] = getattr(self, name)
+        config.update(options.extension_config(self))
         return {**base_config, **config}
 
     # Debugging API -----------------------------------------------------------
@@ -410,31 +387,8 @@ class BatchNormalization(keras.layers.Layer):
         ]
 
     def _standardize_mask(self, mask, x):
-        """A boolean mask broadcastable to `x`, or None; validates its shape."""
-        if mask is None:
-            return None
-        ndim = len(x.shape)
-        mask_shape = tuple(mask.shape)
-        candidates = []
-        if len(mask_shape) == ndim:
-            candidates.append(mask_shape)
-        elif len(mask_shape) == ndim - len(self._channel_axes):
-            # The natural mask: inputs' shape without the channel axes.
-            natural = list(mask_shape)
-            for a in self._channel_axes:
-                natural.insert(a, 1)
-            candidates.append(tuple(natural))
-            if len(self._channel_axes) == 1:
-                # Keras's convention: the mask covers inputs.shape[:-1].
-                candidates.append(mask_shape + (1,))
-        for shape in candidates:
-            if _broadcastable(shape, x.shape):
-                return ops.reshape(ops.cast(mask, "bool"), shape)
-        raise ValueError(
-            "The mask must be broadcastable to the inputs without their "
-            f"channel axis (axis={self.axis}), or have the inputs' rank. "
-            f"Received: mask.shape={mask_shape}, inputs.shape={tuple(x.shape)}"
-        )
+        """`arguments.standardize_mask` with this layer's channel axes."""
+        return standardize_mask(mask, x, self.axis, self._channel_axes)
 
     def _batch_norm(self, x, mask):
         """`(outputs, BatchStatistics)`: `x` normalized with its own
