@@ -13,20 +13,26 @@ callback.
 
 import contextlib
 import functools
+import threading
 
 import numpy as np
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
 
-_queue = None  # [(fn, payload)] while a wrapped step is being traced
+# [(fn, payload)] while a wrapped step is being traced. Per thread: a TF
+# MirroredStrategy traces each replica's step in a thread of its own.
+_state = threading.local()
 
 
 def host_callback(fn, payload):
     """`fn(**numpy_payload)` at every real execution: queued when inside a
     wrapped step being traced, else right away."""
-    if _queue is not None and backend_ops.stages_callbacks():
-        _queue.append((fn, payload))
+    if backend_ops.is_shape_inference():
+        return  # Keras's shape inference: not a real execution, no record
+    queue = getattr(_state, "queue", None)
+    if queue is not None and backend_ops.stages_callbacks():
+        queue.append((fn, payload))
     else:
         backend_ops.host_callback(fn, payload)
 
@@ -34,13 +40,12 @@ def host_callback(fn, payload):
 @contextlib.contextmanager
 def one_per_step():
     """Queues the callbacks made inside the block; issues one for all."""
-    global _queue
-    outer, _queue = _queue, []
+    outer = getattr(_state, "queue", None)
+    _state.queue = queued = []
     try:
         yield
-        queued = _queue
     finally:
-        _queue = outer
+        _state.queue = outer
     if queued:
         _issue(queued)
 

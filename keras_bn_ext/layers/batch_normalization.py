@@ -187,9 +187,7 @@ class BatchNormalization(keras.layers.Layer):
     # debugging is on, and XLA otherwise.
     @property
     def supports_jit(self):
-        if keras.backend.backend() == "tensorflow" and self.debugging:
-            return False
-        return self._supports_jit
+        return self._supports_jit and backend_ops.jit_compatible(self.debugging)
 
     @supports_jit.setter
     def supports_jit(self, value):
