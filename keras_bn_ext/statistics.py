@@ -80,17 +80,17 @@ def moments(x, axes, mask=None, reduce=None):
     else:
         valid = ops.broadcast_to(mask, ops.shape(x))
         count = ops.sum(ops.cast(valid, x.dtype), axis=axes, keepdims=True)
-        local_shift = _sum(_where(valid, x), axes) / ops.maximum(count, 1.0)
+        local_shift = _sum(_where(valid, x), axes) / _at_least_one(count)
     shift = ops.stop_gradient(local_shift)
     if reduce is not _no_reduce:
         # The replicas holding data agree on one shift: the mean of theirs.
         has_data = ops.cast(count > 0, x.dtype) * ops.ones_like(shift)
         total, holders = reduce([shift * has_data, has_data])
-        shift = ops.stop_gradient(total / ops.maximum(holders, 1.0))
+        shift = ops.stop_gradient(total / _at_least_one(holders))
     count, centered_sum = reduce(
         [count, _sum(_where(valid, x - _distinct(shift, 2.0)), axes)]
     )
-    safe_count = ops.maximum(count, 1.0)
+    safe_count = _at_least_one(count)
     # The mean as `head + tail`, exactly `shift + E[x - shift]`: `head` is the
     # float nearest to it and `tail` the rounding error (Fast2Sum).
     offset = centered_sum / safe_count
@@ -103,7 +103,7 @@ def moments(x, axes, mask=None, reduce=None):
     head, tail = ops.stop_gradient(head), ops.stop_gradient(tail)
     deviations = x - _distinct(head, 0.0)
     (squares,) = reduce([_sum(ops.square(_where(valid, deviations)), axes)])
-    variance = ops.maximum(squares / safe_count - ops.square(tail), 0.0)
+    variance = ops.relu(squares / safe_count - ops.square(tail))
     # Gradients reach the mean through `offset`; its value is head + tail.
     tail = tail + (offset - ops.stop_gradient(offset))
     return Moments(head, tail, variance, count)
@@ -200,7 +200,7 @@ def batch_norm(x, axes, gamma, beta, epsilon, mask=None, reduce=None):
         sum_dy, sum_dy_x = reduce([sum_dy, sum_dy_x])
         sum_dy_xc = sum_dy_x - offset * sum_dy
         a = gamma * inv
-        n = ops.maximum(count, 1.0)
+        n = _at_least_one(count)
         b = (2.0 * dvar - a * inv * inv * sum_dy_xc) / n
         c = (dmean - a * sum_dy) / n
         through_statistics = ((x - shift) - offset) * b + c
@@ -229,6 +229,12 @@ def _distinct(vector, tag):
     per use); a non-finite vector makes the batch non-finite anyway.
     """
     return ops.where(ops.isfinite(vector), vector, ops.full_like(vector, tag))
+
+
+def _at_least_one(count):
+    # A tensor bound, not a Python float: Keras on torch would promote the
+    # result to float32, losing float64 statistics.
+    return ops.maximum(count, ops.ones_like(count))
 
 
 def _where(valid, x):

@@ -231,3 +231,18 @@ def test_inference_outputs_stay_exact_far_from_zero(mean):
     mm = to_numpy(layer.moving_mean).astype(np.float64)
     mv = to_numpy(layer.moving_variance).astype(np.float64)
     np.testing.assert_allclose(y, (x64 - mm) / np.sqrt(mv + 1e-3), atol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_float64_inputs_keep_float64_statistics(masked):
+    x = ops.cast(np.random.RandomState(0).normal(3, 2, (9, 3)), "float64")
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        pytest.skip("this backend has no float64 (JAX without x64)")
+    mask = ops.convert_to_tensor(np.ones((9, 1), bool)) if masked else None
+    m = statistics.moments(x, [0], mask)
+    y, k = statistics.batch_norm(
+        x, [0], ops.ones((1, 3), "float64"), ops.zeros((1, 3), "float64"), 1e-3, mask
+    )
+    for tensor in [*m, y, *k]:
+        assert keras.backend.standardize_dtype(tensor.dtype) == "float64"
+    np.testing.assert_allclose(to_numpy(m.variance)[0], to_numpy(x).var(0), rtol=1e-13)

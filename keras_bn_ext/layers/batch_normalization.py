@@ -285,7 +285,7 @@ class BatchNormalization(keras.layers.Layer):
         # 1. Decide: batch or moving statistics, update or not, and why.
         decision = decide_branch(training, self.trainable, self.mode)
         x = ops.cast(inputs, self._statistics_dtype(inputs))
-        mask = self._standardize_mask(mask, x)
+        mask = standardize_mask(mask, x, self.axis, self._channel_axes)
         self._warn_if_fresh_statistics(decision)
 
         # 2. Get the statistics. With the batch's, the training kernel
@@ -383,10 +383,6 @@ class BatchNormalization(keras.layers.Layer):
             x.shape[i] if i in self._channel_axes else 1
             for i in range(len(x.shape))
         ]
-
-    def _standardize_mask(self, mask, x):
-        """`arguments.standardize_mask` with this layer's channel axes."""
-        return standardize_mask(mask, x, self.axis, self._channel_axes)
 
     def _batch_norm(self, x, mask):
         """`(outputs, BatchStatistics)`: `x` normalized with its own

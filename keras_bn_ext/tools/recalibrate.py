@@ -23,8 +23,11 @@ import keras
 import numpy as np
 
 from keras_bn_ext import backend as backend_ops
+from keras_bn_ext import statistics
 from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.layers import BatchNormalization
+from keras_bn_ext.layers.arguments import resolve_axes
+from keras_bn_ext.layers.arguments import standardize_mask
 from keras_bn_ext.tools.report import batch_norm_layers
 
 
@@ -297,19 +300,23 @@ class _Accumulator:
         self.batches = 0
 
     def add(self, inputs, mask):
-        x = np.asarray(keras.ops.convert_to_numpy(inputs), dtype="float64")
-        axes = _channel_axes(self.layer.axis, x.ndim)
-        # Channels last, flattened: (elements, channels).
-        x = np.moveaxis(x, axes, list(range(x.ndim - len(axes), x.ndim)))
-        channels = int(np.prod(x.shape[x.ndim - len(axes):]))
-        x = x.reshape(-1, channels)
-        weights = _mask_weights(mask, axes, inputs.shape, x.shape)
+        """Merges one batch's moments (the layer's own moments function, in
+        the statistics dtype) into the running float64 population ones."""
+        x = keras.ops.cast(inputs, "float64")
+        ndim = len(x.shape)
+        channel_axes = resolve_axes(self.layer.axis, ndim)
+        axes = [i for i in range(ndim) if i not in channel_axes]
+        mask = standardize_mask(mask, x, self.layer.axis, channel_axes)
+        moments = statistics.moments(x, axes, mask)
+        shape = tuple(moments.variance.shape)  # keepdims: 1 on reduced axes
 
-        count = weights.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (x * weights).sum(axis=0) / count
-            m2 = (weights * (x - np.where(count > 0, mean, 0.0)) ** 2).sum(axis=0)
-        mean = np.where(count > 0, mean, 0.0)
+        def per_channel(value):
+            value = np.asarray(keras.ops.convert_to_numpy(value), "float64")
+            return np.broadcast_to(value, shape).reshape(-1)
+
+        count = per_channel(moments.count)
+        mean = per_channel(moments.shift) + per_channel(moments.offset)
+        m2 = per_channel(moments.variance) * count
         if self.count is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
@@ -326,24 +333,10 @@ class _Accumulator:
             return self.mean, self.m2 / self.count
 
 
-def _channel_axes(axis, ndim):
-    axes = [axis] if isinstance(axis, int) else list(axis)
-    return sorted(a % ndim for a in axes)
-
-
-def _mask_weights(mask, axes, input_shape, flat_shape):
-    """0/1 weights of shape `flat_shape`: 1 where an element counts."""
-    if mask is None:
-        return np.ones(flat_shape)
-    mask = np.asarray(keras.ops.convert_to_numpy(mask)).astype("float64")
-    ndim = len(input_shape)
-    if mask.ndim == ndim - len(axes):
-        # The mask covers the input without its channel axes.
-        for a in axes:
-            mask = np.expand_dims(mask, a)
-    mask = np.broadcast_to(mask, tuple(input_shape))
-    mask = np.moveaxis(mask, axes, list(range(ndim - len(axes), ndim)))
-    return mask.reshape(flat_shape)
+def _statistics_dtype(inputs):
+    # As the layer: float64 inputs keep float64, the rest use float32.
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    return "float64" if dtype == "float64" else "float32"
 
 
 def _assign(layer, accumulator):
