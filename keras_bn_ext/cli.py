@@ -6,7 +6,13 @@ nothing from Keras at the top.
 
 import argparse
 import os
+import runpy
 import sys
+
+# Read from its file: importing the package would start a Keras backend.
+BACKENDS = runpy.run_path(
+    os.path.join(os.path.dirname(__file__), "backend", "supported.py")
+)["BACKENDS"]
 
 
 def _parser():
@@ -16,7 +22,7 @@ def _parser():
     )
     parser.add_argument(
         "--backend",
-        choices=["tensorflow", "jax", "torch"],
+        choices=BACKENDS,
         help="Keras backend (default: $KERAS_BACKEND, else Keras's default).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -24,14 +30,14 @@ def _parser():
         "demo", help="Reproduce and explain the seed question (predict() on a "
         "fresh BatchNormalization returns x / sqrt(1 + epsilon))."
     )
-    demo.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+    demo.add_argument("--backend", choices=BACKENDS,
                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     inspect = commands.add_parser(
         "inspect", help="Report every BatchNormalization layer of a saved "
         ".keras model file."
     )
     inspect.add_argument("path", help="a .keras model file")
-    inspect.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+    inspect.add_argument("--backend", choices=BACKENDS,
                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 status=0
 summary=""
-for backend in tensorflow jax torch; do
+backends=$(.venv/bin/python -c "import runpy; print(*runpy.run_path('keras_bn_ext/backend/supported.py')['BACKENDS'])")
+for backend in $backends; do
   echo "=== KERAS_BACKEND=$backend ==="
   start=$(date +%s)
   KERAS_BACKEND=$backend TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -m pytest tests "$@"

@@ -164,5 +164,9 @@ def all_reduce_sum(tensors):
     return [part.reshape(t.shape) for part, t in zip(flat.split(sizes), tensors)]
 
 
+def no_grad():
+    return torch.no_grad()
+
+
 def is_compiling():
     return torch.compiler.is_compiling()
