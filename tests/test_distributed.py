@@ -12,7 +12,11 @@ import keras
 import pytest
 
 SCRIPTS = {
-    "jax": [("jax_data_parallel.py", "2"), ("jax_data_parallel.py", "4")],
+    "jax": [
+        ("jax_data_parallel.py", "2"),
+        ("jax_data_parallel.py", "4"),
+        ("../../examples/distributed_debug.py",),
+    ],
     "tensorflow": [("tf_mirrored_fit.py",)],
     "torch": [("torch_ddp.py",)],
 }
@@ -29,4 +33,7 @@ def test_training_through_the_distributed_engine(script):
         env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "OK" in result.stderr
+    if script[0].endswith("distributed_debug.py"):  # the docs' example
+        assert "[('bn', 'batch', 16, None), ('bn', 'batch', 16, None)]" in result.stdout
+    else:
+        assert "OK" in result.stderr

@@ -77,4 +77,9 @@ for debugging in (False, True):
         loaded.predict(x, batch_size=BATCH, verbose=0), predictions, rtol=1e-5
     )
     np.testing.assert_allclose(moving(loaded)[1], var, rtol=1e-6)
+# recalibrate under the distribution: exact population statistics.
+keras_bn_ext.recalibrate(model, [x[:32], x[32:]], verbose=0)
+mean, var = moving(model)
+np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+np.testing.assert_allclose(var, x.astype(np.float64).var(0), rtol=1e-4)
 print("OK", file=sys.stderr)

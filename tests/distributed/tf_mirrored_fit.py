@@ -90,4 +90,15 @@ np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, rto
 gamma, beta = (keras.ops.convert_to_numpy(v) for v in (bn.gamma, bn.beta))
 expected = (x - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
 np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-4)
+# 6. One consistent set: recalibrate (outside the strategy's replica
+# context) writes the population statistics to every replica.
+keras_bn_ext.recalibrate(model, [x], verbose=0)
+bn = model.get_layer("bn")
+np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), x.mean(0), rtol=1e-5)
+np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), x.var(0), rtol=1e-4)
+model.save(path)
+np.testing.assert_allclose(
+    keras.saving.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0),
+    rtol=1e-5, atol=1e-5,
+)
 print("OK", file=sys.stderr)
