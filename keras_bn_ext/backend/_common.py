@@ -45,7 +45,8 @@ def native_batch_norm(x, axes, gamma, beta, epsilon):
 
 
 def multiply_add(x, scale, offset):
-    """`x * scale + offset` (XLA fuses it; torch has one kernel for it)."""
+    """`x * scale + offset`, where `x` is a temporary the caller does not
+    use again (XLA fuses it; torch computes it in place, one kernel)."""
     return x * scale + offset
 
 

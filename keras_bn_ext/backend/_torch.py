@@ -104,8 +104,13 @@ def native_batch_norm(x, axes, gamma, beta, epsilon):
 
 
 def multiply_add(x, scale, offset):
-    # One fused kernel instead of a multiply and an add over the full tensor.
-    return torch.addcmul(offset, x, scale)
+    # `x` is a temporary of the caller's: without autograd, scale and shift
+    # it in place (no second full-size allocation; as fast as it gets here,
+    # addcmul with broadcast per-channel operands is slower on CPU).
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad
+                                    or offset.requires_grad):
+        return x * scale + offset
+    return x.mul_(scale).add_(offset)
 
 
 def host_callback(fn, payload):
