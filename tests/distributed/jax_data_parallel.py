@@ -77,6 +77,13 @@ for debugging in (False, True):
         loaded.predict(x, batch_size=BATCH, verbose=0), predictions, rtol=1e-5
     )
     np.testing.assert_allclose(moving(loaded)[1], var, rtol=1e-6)
+# StatsMonitor under the distribution: one batch record per step.
+monitor = keras_bn_ext.callbacks.StatsMonitor(batch_stats=True)
+model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+batch_records = monitor.records("bn", "batch")
+assert [r.step for r in batch_records] == [1, 2, 3, 4], batch_records
+np.testing.assert_allclose(batch_records[0].mean, x[:BATCH].mean(0).mean(), rtol=1e-5)
+
 # recalibrate under the distribution: exact population statistics.
 keras_bn_ext.recalibrate(model, [x[:32], x[32:]], verbose=0)
 mean, var = moving(model)

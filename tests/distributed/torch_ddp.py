@@ -62,6 +62,15 @@ def worker(rank, port, queue):
                 keras.ops.convert_to_numpy(bn.moving_variance),
                 [(r.replica, r.count, r.branch) for r in records],
             )
+    # recalibrate in every process on the same data: one consistent set.
+    import keras_bn_ext
+
+    keras_bn_ext.recalibrate(model, [data()[0]], verbose=0)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_mean), data()[0].astype(np.float64).mean(0),
+        rtol=1e-6,
+    )
     if rank == 0:
         path = os.path.join(tempfile.mkdtemp(), "model.keras")
         model.save(path)
