@@ -5,6 +5,7 @@ moving-average weights and Batch Renormalization's corrections.
 Everything here is a pure function of tensors; the layer owns the variables.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -184,37 +185,43 @@ def batch_norm(x, axes, gamma, beta, epsilon, mask=None, reduce=None):
             count = reduced_count(x, axes)
             return y, Moments(mean, ops.zeros_like(mean), variance, count)
     reduce = reduce or _no_reduce
-
-    def forward(x, gamma, beta, *mask):
-        m = moments(x, axes, *mask, reduce=reduce)
-        y = normalize_batch(x, m, gamma, beta, epsilon)
-        inv = ops.rsqrt(m.variance + epsilon)
-        residuals = (x, m.shift, m.offset, inv, m.count, gamma) + mask
-        return (y, m.mean, m.variance, m.count), residuals
-
-    def backward(residuals, cotangents):
-        x, shift, offset, inv, count, gamma, *mask = residuals
-        dy, dmean, dvar, _ = cotangents
-        sum_dy = _sum(dy, axes)
-        sum_dy_x = _sum(dy * (x - _distinct(shift, 1.0)), axes)
-        sum_dy, sum_dy_x = reduce([sum_dy, sum_dy_x])
-        sum_dy_xc = sum_dy_x - offset * sum_dy
-        a = gamma * inv
-        n = _at_least_one(count)
-        b = (2.0 * dvar - a * inv * inv * sum_dy_xc) / n
-        c = (dmean - a * sum_dy) / n
-        through_statistics = ((x - shift) - offset) * b + c
-        dx = a * dy + _where(mask[0] if mask else None, through_statistics)
-        dgamma = _sum_to_shape(inv * sum_dy_xc, gamma.shape)
-        dbeta = _sum_to_shape(sum_dy, gamma.shape)
-        return (dx, dgamma, dbeta) + (None,) * len(mask)
-
+    kernel = backend_ops.custom_vjp(
+        functools.partial(_kernel_forward, axes, epsilon, reduce),
+        functools.partial(_kernel_backward, axes, reduce),
+    )
     args = (x, gamma, beta) + (() if mask is None else (mask,))
-    kernel = backend_ops.custom_vjp(forward, backward)
     y, mean, variance, count = kernel(*args)
     # The kernels return the mean whole (as its own shift, offset 0): the
     # outputs are already normalized, so the split is no longer needed.
     return y, Moments(mean, ops.zeros_like(mean), variance, count)
+
+
+def _kernel_forward(axes, epsilon, reduce, x, gamma, beta, *mask):
+    """`batch_norm`'s forward: outputs and statistics, and the residuals."""
+    m = moments(x, axes, *mask, reduce=reduce)
+    y = normalize_batch(x, m, gamma, beta, epsilon)
+    inv = ops.rsqrt(m.variance + epsilon)
+    residuals = (x, m.shift, m.offset, inv, m.count, gamma) + mask
+    return (y, m.mean, m.variance, m.count), residuals
+
+
+def _kernel_backward(axes, reduce, residuals, cotangents):
+    """`batch_norm`'s gradient (see its docstring for the formulas)."""
+    x, shift, offset, inv, count, gamma, *mask = residuals
+    dy, dmean, dvar, _ = cotangents
+    sum_dy = _sum(dy, axes)
+    sum_dy_x = _sum(dy * (x - _distinct(shift, 1.0)), axes)
+    sum_dy, sum_dy_x = reduce([sum_dy, sum_dy_x])
+    sum_dy_xc = sum_dy_x - offset * sum_dy
+    a = gamma * inv
+    n = _at_least_one(count)
+    b = (2.0 * dvar - a * inv * inv * sum_dy_xc) / n
+    c = (dmean - a * sum_dy) / n
+    through_statistics = ((x - shift) - offset) * b + c
+    dx = a * dy + _where(mask[0] if mask else None, through_statistics)
+    dgamma = _sum_to_shape(inv * sum_dy_xc, gamma.shape)
+    dbeta = _sum_to_shape(sum_dy, gamma.shape)
+    return (dx, dgamma, dbeta) + (None,) * len(mask)
 
 
 def _distinct(vector, tag):
