@@ -76,21 +76,29 @@ def decide_branch(training, trainable, mode="auto"):
             f"statistics and never updates them (training={training}).",
         )
     if mode == "batch":
-        if training and trainable:
-            return Decision(
-                Branch.BATCH,
-                True,
-                "mode='batch' with training=True: this batch's statistics were "
-                "used and the moving statistics were updated.",
-            )
-        why = "trainable=False" if training else f"training={training}"
+        return _decide_batch_mode(training, trainable)
+    return _decide_auto(training, trainable)
+
+
+def _decide_batch_mode(training, trainable):
+    if training and trainable:
         return Decision(
             Branch.BATCH,
-            False,
-            "mode='batch': this batch's statistics were used (even outside "
-            f"training); the moving statistics were not updated ({why}).",
+            True,
+            "mode='batch' with training=True: this batch's statistics were "
+            "used and the moving statistics were updated.",
         )
-    # mode == "auto": Keras's rule.
+    why = "trainable=False" if training else f"training={training}"
+    return Decision(
+        Branch.BATCH,
+        False,
+        "mode='batch': this batch's statistics were used (even outside "
+        f"training); the moving statistics were not updated ({why}).",
+    )
+
+
+def _decide_auto(training, trainable):
+    """Keras's rule."""
     if training and trainable:
         return Decision(
             Branch.BATCH,
