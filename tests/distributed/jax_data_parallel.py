@@ -24,9 +24,12 @@ x[:, 1] += 1e4  # far from zero: the shifted statistics keep it exact
 y = rng.normal(size=(64, 1)).astype("float32")
 
 
-def build():
+def build(synchronized=False):
+    # Under sharding the statistics are global either way.
     inputs = keras.Input((4,))
-    bn = keras_bn_ext.BatchNormalization(momentum=MOMENTUM, name="bn")
+    bn = keras_bn_ext.BatchNormalization(
+        momentum=MOMENTUM, name="bn", synchronized=synchronized
+    )
     model = keras.Model(inputs, keras.layers.Dense(1)(bn(inputs)))
     model.compile("sgd", "mse")
     return model
@@ -50,7 +53,7 @@ def moving(model):
 want_mean, want_var = expected_moving()
 for debugging in (False, True):
     keras.utils.set_random_seed(0)
-    model = build()
+    model = build(synchronized=debugging)
     if debugging:
         with keras_bn_ext.debug.capture(model) as records:
             model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
