@@ -4,6 +4,7 @@ import numpy as np
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.branching import decide_branch
+from keras_bn_ext.debug import freshness
 from keras_bn_ext.layers import options
 
 
@@ -32,7 +33,7 @@ def explain(layer):
     counter = None
     if layer.num_batches_tracked is not None:
         counter = backend_ops.host_value(layer.num_batches_tracked)
-    fresh = layer._records.never_updated(mean, var, counter)
+    fresh = freshness.never_updated(layer, mean, var, counter)
     lines.append(f"Moving mean:     {_summary(mean)}")
     lines.append(f"Moving variance: {_summary(var)}")
     if counter is not None:

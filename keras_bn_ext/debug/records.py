@@ -9,10 +9,10 @@ from typing import Optional
 
 import keras
 import numpy as np
-from keras import initializers
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
+from keras_bn_ext.debug import freshness
 from keras_bn_ext.debug import registry
 from keras_bn_ext.debug import step_callbacks
 
@@ -89,19 +89,6 @@ def _short(array, n=4):
     return f"[{text}{' ...' if flat.size > n else ''}]"
 
 
-def constant_initializer_value(initializer, shape):
-    """The values a deterministic initializer gives (NumPy, so it works while
-    tracing too), else None."""
-    if isinstance(initializer, initializers.Zeros):
-        return np.zeros(shape, "float32")
-    if isinstance(initializer, initializers.Ones):
-        return np.ones(shape, "float32")
-    if isinstance(initializer, initializers.Constant):
-        value = initializer.get_config()["value"]
-        return np.broadcast_to(np.asarray(value, "float32"), shape).copy()
-    return None
-
-
 class RecordBuilder:
     """Turns one traced call into a host callback that makes a record."""
 
@@ -112,24 +99,10 @@ class RecordBuilder:
 
     # Fresh-statistics detection ----------------------------------------------
 
-    @functools.cached_property
-    def initial_statistics(self):
-        shape = self.layer._param_shape
-        return (
-            constant_initializer_value(self.layer.moving_mean_initializer, shape),
-            constant_initializer_value(self.layer.moving_variance_initializer, shape),
-        )
-
     def never_updated(self, moving_mean, moving_variance, num_batches_tracked=None):
         """Whether moving statistics still hold their initial values."""
-        if num_batches_tracked is not None:
-            return int(num_batches_tracked) == 0
-        init_mean, init_var = self.initial_statistics
-        if init_mean is None or init_var is None or moving_mean is None:
-            return False
-        return bool(
-            np.array_equal(np.asarray(moving_mean, "float32"), init_mean)
-            and np.array_equal(np.asarray(moving_variance, "float32"), init_var)
+        return freshness.never_updated(
+            self.layer, moving_mean, moving_variance, num_batches_tracked
         )
 
     def never_updated_now(self):
@@ -151,7 +124,9 @@ class RecordBuilder:
         layer = self.layer
         if layer.num_batches_tracked is not None:
             return ops.equal(layer.num_batches_tracked, 0)
-        init_mean, init_var = self.initial_statistics
+        init_mean, init_var = freshness.initial_statistics(
+            layer, tuple(layer.moving_mean.shape)
+        )
         if init_mean is None or init_var is None:
             return None
         return ops.logical_and(
@@ -282,4 +257,4 @@ class RecordBuilder:
             logger.info("%s", record)
         if "never_updated" in flags:
             self.warn_never_updated()
-        registry.dispatch(record, layer._hooks)
+        registry.dispatch(record, layer.debug_hooks)

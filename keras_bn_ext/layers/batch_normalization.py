@@ -353,6 +353,11 @@ class BatchNormalization(keras.layers.Layer):
         """
         return registry.add_hook_to(self._hooks, fn)
 
+    @property
+    def debug_hooks(self):
+        """The functions `add_debug_hook` attached (a dict: id -> fn)."""
+        return self._hooks
+
     def explain(self):
         """A text saying what each kind of call would use now, and why."""
         from keras_bn_ext.debug.explain import explain

@@ -19,7 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from keras_bn_ext.debug.records import constant_initializer_value
+from keras_bn_ext.debug import freshness
 from keras_bn_ext.layers import BatchNormalization
 
 # A moving variance above this is flagged: activations of that size usually
@@ -234,7 +234,7 @@ def _layer_report(path, layer, huge_variance):
 
 def _flags(layer, mean, variance, updates, huge_variance):
     flags = []
-    if _never_updated(layer, mean, variance, updates):
+    if freshness.never_updated(layer, mean, variance, updates):
         flags.append("never_updated")
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
         flags.append("nonfinite")
@@ -246,21 +246,6 @@ def _flags(layer, mean, variance, updates, huge_variance):
     if np.any(finite > huge_variance):
         flags.append("huge_variance")
     return tuple(flags)
-
-
-def _never_updated(layer, mean, variance, updates):
-    # A counter says it exactly; otherwise compare with what a constant
-    # initializer gave (a random initializer leaves no trace to compare).
-    if updates is not None:
-        return updates == 0
-    initial_mean = constant_initializer_value(layer.moving_mean_initializer, mean.shape)
-    initial_variance = constant_initializer_value(layer.moving_variance_initializer, mean.shape)
-    if initial_mean is None or initial_variance is None:
-        return False
-    return bool(
-        np.array_equal(mean.astype("float32"), initial_mean)
-        and np.array_equal(variance.astype("float32"), initial_variance)
-    )
 
 
 def _numpy(variable):
