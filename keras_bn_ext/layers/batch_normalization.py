@@ -245,21 +245,7 @@ class BatchNormalization(keras.layers.Layer):
             "moving_variance", self.moving_variance_initializer
         )
         if self.renorm:
-            # As Keras: renorm tracks the inference moving stddev (initialized
-            # as the sqrt of the variance initializer) and two renorm averages.
-            def stddev_initializer(shape, dtype=None):
-                cloned = _clone_initializer(self.moving_variance_initializer)
-                return ops.sqrt(cloned(shape, dtype=dtype))
-
-            self.moving_stddev = self._statistic_weight(
-                "moving_stddev", stddev_initializer
-            )
-            self.renorm_mean = self._statistic_weight(
-                "renorm_mean", _clone_initializer(self.moving_mean_initializer)
-            )
-            self.renorm_stddev = self._statistic_weight(
-                "renorm_stddev", stddev_initializer
-            )
+            self._add_renorm_weights()
         if self.needs_update_counter:
             self.num_batches_tracked = self.add_weight(
                 shape=(),
@@ -365,6 +351,23 @@ class BatchNormalization(keras.layers.Layer):
         return explain(self)
 
     # Private helpers ---------------------------------------------------------
+
+    def _add_renorm_weights(self):
+        # As Keras: renorm tracks the inference moving stddev (initialized
+        # as the sqrt of the variance initializer) and two renorm averages.
+        def stddev_initializer(shape, dtype=None):
+            cloned = _clone_initializer(self.moving_variance_initializer)
+            return ops.sqrt(cloned(shape, dtype=dtype))
+
+        self.moving_stddev = self._statistic_weight(
+            "moving_stddev", stddev_initializer
+        )
+        self.renorm_mean = self._statistic_weight(
+            "renorm_mean", _clone_initializer(self.moving_mean_initializer)
+        )
+        self.renorm_stddev = self._statistic_weight(
+            "renorm_stddev", stddev_initializer
+        )
 
     def _statistic_weight(self, name, initializer):
         return self.add_weight(
