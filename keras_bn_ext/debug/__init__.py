@@ -15,7 +15,7 @@ Records are made on the host when the computation really runs (eagerly, in
 inference. With debugging off, nothing is compiled in: zero cost.
 """
 
-from keras_bn_ext.debug.records import NeverUpdatedWarning
+from keras_bn_ext.debug.freshness import NeverUpdatedWarning
 from keras_bn_ext.debug.records import StatsRecord
 from keras_bn_ext.debug.registry import HookHandle
 from keras_bn_ext.debug.registry import add_hook

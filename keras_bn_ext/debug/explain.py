@@ -5,7 +5,6 @@ import numpy as np
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.branching import decide_branch
 from keras_bn_ext.debug import freshness
-from keras_bn_ext.layers import options
 
 
 def _summary(values, n=6):
@@ -18,7 +17,14 @@ def _summary(values, n=6):
     )
 
 
-def explain(layer):
+def explain(layer, option_notes=()):
+    """The text of `layer.explain()`.
+
+    Args:
+        layer: a keras_bn_ext BatchNormalization (its public attributes).
+        option_notes: the words for each option the layer uses (the layer's
+            options table words them), e.g. `"batch renormalization"`.
+    """
     lines = [f"BatchNormalization layer {layer.name!r} (backend "
              f"{_backend()}, mode={layer.mode!r}, trainable={layer.trainable}, "
              f"momentum={layer.momentum}, epsilon={layer.epsilon:g})."]
@@ -44,10 +50,8 @@ def explain(layer):
     else:
         lines.append("The moving statistics differ from their initial "
                      "values, so they were updated (or assigned).")
-    extras = [option.explain(value) for option, value in options.used_options(layer)
-              if option.explain]
-    if extras:
-        lines.append("Options: " + ", ".join(extras) + ".")
+    if option_notes:
+        lines.append("Options: " + ", ".join(option_notes) + ".")
     lines += _rules(layer)
     lines.append("What predict() will do to an input now:")
     lines.append("  " + _predict_effect(layer, mean, var, fresh))

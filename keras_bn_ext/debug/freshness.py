@@ -6,8 +6,18 @@ update counter says it exactly; otherwise the statistics are compared with
 what a constant initializer gave (a random initializer leaves no trace).
 """
 
+import functools
+import warnings
+
 import numpy as np
 from keras import initializers
+from keras import ops
+
+from keras_bn_ext import backend as backend_ops
+
+
+class NeverUpdatedWarning(UserWarning):
+    """Inference ran on moving statistics that were never updated."""
 
 
 def constant_initializer_value(initializer, shape):
@@ -33,15 +43,87 @@ def initial_statistics(layer, shape):
 
 def never_updated(layer, moving_mean, moving_variance, num_batches_tracked=None):
     """Whether the given moving statistics are still their initial values."""
-    if num_batches_tracked is not None:
-        return int(num_batches_tracked) == 0
-    if moving_mean is None or moving_variance is None:
-        return False
-    moving_mean = np.asarray(moving_mean, "float32")
-    init_mean, init_var = initial_statistics(layer, moving_mean.shape)
-    if init_mean is None or init_var is None:
-        return False
-    return bool(
-        np.array_equal(moving_mean, init_mean)
-        and np.array_equal(np.asarray(moving_variance, "float32"), init_var)
-    )
+    return NeverUpdatedCheck(layer)(moving_mean, moving_variance, num_batches_tracked)
+
+
+class NeverUpdatedCheck:
+    """One layer's check, its initial values computed once, and its
+    `NeverUpdatedWarning`, given at most once (the layer's seed warning and
+    its records share it)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.warned = False
+
+    @functools.cached_property
+    def initial(self):
+        return initial_statistics(self.layer, tuple(self.layer.moving_mean.shape))
+
+    def __call__(self, moving_mean, moving_variance, num_batches_tracked=None):
+        """`never_updated` for these values (NumPy) of the statistics."""
+        if num_batches_tracked is not None:
+            return int(num_batches_tracked) == 0
+        if moving_mean is None or moving_variance is None:
+            return False
+        init_mean, init_var = self.initial
+        if init_mean is None or init_var is None:
+            return False
+        return bool(
+            np.array_equal(np.asarray(moving_mean, "float32"), init_mean)
+            and np.array_equal(np.asarray(moving_variance, "float32"), init_var)
+        )
+
+    def now(self):
+        """True/False from the variables' host values; None if unreadable."""
+        layer = self.layer
+        counter = None
+        if layer.num_batches_tracked is not None:
+            counter = backend_ops.host_value(layer.num_batches_tracked)
+            if counter is None:
+                return None
+        moving_mean = backend_ops.host_value(layer.moving_mean)
+        moving_variance = backend_ops.host_value(layer.moving_variance)
+        if moving_mean is None or moving_variance is None:
+            return None
+        return self(moving_mean, moving_variance, counter)
+
+    def on_device(self):
+        """A traced boolean: the moving statistics hold their initial values
+        (None where a random initializer leaves nothing to compare with)."""
+        layer = self.layer
+        if layer.num_batches_tracked is not None:
+            return ops.equal(layer.num_batches_tracked, 0)
+        init_mean, init_var = self.initial
+        if init_mean is None or init_var is None:
+            return None
+        return ops.logical_and(
+            ops.all(ops.equal(layer.moving_mean, init_mean)),
+            ops.all(ops.equal(layer.moving_variance, init_var)),
+        )
+
+    def warn(self):
+        if not self.warned:
+            self.warned = True
+            warnings.warn(self.message(), NeverUpdatedWarning, stacklevel=3)
+
+    def message(self):
+        layer = self.layer
+        if layer.mode == "moving":
+            advice = (
+                "mode='moving' never updates them: load or assign trained "
+                "statistics (e.g. set_weights), or use mode='auto'."
+            )
+        else:
+            advice = (
+                "Train with fit() (or call with training=True) first, or use "
+                "mode='batch' to always normalize with the batch's statistics."
+            )
+        return (
+            f"BatchNormalization layer {layer.name!r} normalized with its "
+            "moving statistics, which were never updated (still their initial "
+            "values, e.g. mean 0 and variance 1): the output is about "
+            f"x / sqrt(1 + {layer.epsilon:g}), not a normalized batch. "
+            "Inference (predict(), evaluate(), training=False/None) uses the "
+            f"moving statistics; they change only in training mode. {advice} "
+            "See layer.explain()."
+        )

@@ -12,16 +12,11 @@ import numpy as np
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
-from keras_bn_ext.debug import freshness
 from keras_bn_ext.debug import registry
 from keras_bn_ext.debug import step_callbacks
 
 logger = logging.getLogger("keras_bn_ext")
 _record_index = itertools.count()
-
-
-class NeverUpdatedWarning(UserWarning):
-    """Inference ran on moving statistics that were never updated."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,77 +85,17 @@ def _short(array, n=4):
 
 
 class RecordBuilder:
-    """Turns one traced call into a host callback that makes a record."""
+    """Turns one traced call into a host callback that makes a record.
 
-    def __init__(self, layer):
+    Reads only the layer's public surface (`name`, `epsilon`, `debug`, the
+    moving statistics, `debug_hooks`); its never-updated check (shared with
+    the layer's seed warning, so the warning comes once) is passed in.
+    """
+
+    def __init__(self, layer, never_updated):
         self.layer = layer
-        self.warned_never_updated = False
+        self.never_updated = never_updated
         self.warned_no_callbacks = False
-
-    # Fresh-statistics detection ----------------------------------------------
-
-    def never_updated(self, moving_mean, moving_variance, num_batches_tracked=None):
-        """Whether moving statistics still hold their initial values."""
-        return freshness.never_updated(
-            self.layer, moving_mean, moving_variance, num_batches_tracked
-        )
-
-    def never_updated_now(self):
-        """True/False from the variables' host values; None if unreadable."""
-        layer = self.layer
-        counter = None
-        if layer.num_batches_tracked is not None:
-            counter = backend_ops.host_value(layer.num_batches_tracked)
-            if counter is None:
-                return None
-        moving_mean = backend_ops.host_value(layer.moving_mean)
-        moving_variance = backend_ops.host_value(layer.moving_variance)
-        if moving_mean is None or moving_variance is None:
-            return None
-        return self.never_updated(moving_mean, moving_variance, counter)
-
-    def never_updated_on_device(self):
-        """A traced boolean: the moving statistics hold their initial values."""
-        layer = self.layer
-        if layer.num_batches_tracked is not None:
-            return ops.equal(layer.num_batches_tracked, 0)
-        init_mean, init_var = freshness.initial_statistics(
-            layer, tuple(layer.moving_mean.shape)
-        )
-        if init_mean is None or init_var is None:
-            return None
-        return ops.logical_and(
-            ops.all(ops.equal(layer.moving_mean, init_mean)),
-            ops.all(ops.equal(layer.moving_variance, init_var)),
-        )
-
-    def warn_never_updated(self):
-        if not self.warned_never_updated:
-            self.warned_never_updated = True
-            warnings.warn(self.never_updated_message(), NeverUpdatedWarning,
-                          stacklevel=3)
-
-    def never_updated_message(self):
-        eps = self.layer.epsilon
-        if self.layer.mode == "moving":
-            advice = (
-                "mode='moving' never updates them: load or assign trained "
-                "statistics (e.g. set_weights), or use mode='auto'."
-            )
-        else:
-            advice = (
-                "Train with fit() (or call with training=True) first, or use "
-                "mode='batch' to always normalize with the batch's statistics."
-            )
-        return (
-            f"BatchNormalization layer {self.layer.name!r} normalized with its "
-            "moving statistics, which were never updated (still their initial "
-            "values, e.g. mean 0 and variance 1): the output is about "
-            f"x / sqrt(1 + {eps:g}), not a normalized batch. Inference "
-            "(predict(), evaluate(), training=False/None) uses the moving "
-            f"statistics; they change only in training mode. {advice} "
-            "See layer.explain()."
-        )
 
     # Emitting ----------------------------------------------------------------
 
@@ -256,5 +191,5 @@ class RecordBuilder:
         if layer.debug:
             logger.info("%s", record)
         if "never_updated" in flags:
-            self.warn_never_updated()
+            self.never_updated.warn()
         registry.dispatch(record, layer.debug_hooks)

@@ -83,12 +83,13 @@ def is_active():
 
 
 def dispatch(record, layer_hooks):
-    """Sends a record to the layer's hooks, the global hooks and captures.
+    """Sends a record to the layer's hooks (functions), the global hooks and
+    captures.
 
     A hook that raises is logged with its name; the others still run and the
     layer's state is untouched (the update already happened on device).
     """
-    for fn in list(layer_hooks.values()) + list(_global_hooks.values()):
+    for fn in list(layer_hooks) + list(_global_hooks.values()):
         try:
             fn(record)
         except Exception:

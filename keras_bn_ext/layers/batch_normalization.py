@@ -12,6 +12,8 @@ from keras_bn_ext import statistics
 from keras_bn_ext.branching import Branch
 from keras_bn_ext.branching import decide_branch
 from keras_bn_ext.debug import registry
+from keras_bn_ext.debug.explain import explain as explain_layer
+from keras_bn_ext.debug.freshness import NeverUpdatedCheck
 from keras_bn_ext.debug.records import RecordBuilder
 from keras_bn_ext.layers import options
 from keras_bn_ext.layers.arguments import check_axis
@@ -162,8 +164,7 @@ class BatchNormalization(keras.layers.Layer):
         self.renorm_clipping = check_renorm_clipping(renorm, renorm_clipping)
         self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
         self.synchronized = options.check("synchronized", synchronized)
-        # The extension options (mode, ..., debug): an attribute each, with
-        # the check of its row in `options`.
+        # The extension options (mode, ..., debug), checked by their `options` rows.
         arguments = locals()
         for option in options.EXTENSIONS:
             setattr(self, option.name, option.check(arguments[option.name]))
@@ -175,12 +176,7 @@ class BatchNormalization(keras.layers.Layer):
         self.moving_mean = None
         self.moving_variance = None
         self.num_batches_tracked = None
-        self._channel_axes = None
-        self._reduction_axes = None
-        self._param_shape = None
-        self._hooks = {}
-        self._checked_fresh_statistics = False
-        self._records = RecordBuilder(self)
+        self._init_private_state()
 
     # Layer.__init__ assigns `supports_jit`; a property lets TensorFlow's
     # `jit_compile="auto"` pick graph mode (host callbacks work) while
@@ -341,16 +337,33 @@ class BatchNormalization(keras.layers.Layer):
 
     @property
     def debug_hooks(self):
-        """The functions `add_debug_hook` attached (a dict: id -> fn)."""
-        return self._hooks
+        """The functions `add_debug_hook` attached and not yet removed, in
+        the order added (a tuple: attach and detach through
+        `add_debug_hook` and its handle)."""
+        return tuple(self._hooks.values())
 
     def explain(self):
         """A text saying what each kind of call would use now, and why."""
-        from keras_bn_ext.debug.explain import explain
-
-        return explain(self)
+        notes = [
+            option.explain(value)
+            for option, value in options.used_options(self)
+            if option.explain
+        ]
+        return explain_layer(self, notes)
 
     # Private helpers ---------------------------------------------------------
+
+    def _init_private_state(self):
+        # Set by `build`.
+        self._channel_axes = None
+        self._reduction_axes = None
+        self._param_shape = None
+        # Debugging: this layer's hooks, its never-updated check (one warning,
+        # shared by the seed check below and the records) and record builder.
+        self._hooks = {}
+        self._checked_fresh_statistics = False
+        self._never_updated = NeverUpdatedCheck(self)
+        self._records = RecordBuilder(self, self._never_updated)
 
     def _add_renorm_weights(self):
         # As Keras: renorm tracks the inference moving stddev (initialized
@@ -555,12 +568,10 @@ class BatchNormalization(keras.layers.Layer):
             # stays in dynamo's cache; eager calls and the records check.
             return
         self._checked_fresh_statistics = True
-        fresh = self._records.never_updated_now()
+        fresh = self._never_updated.now()
         if fresh:
-            self._records.warn_never_updated()
+            self._never_updated.warn()
         elif fresh is None and backend_ops.value_moved_to_trainer(self.moving_mean):
-            predicate = self._records.never_updated_on_device()
+            predicate = self._never_updated.on_device()
             if predicate is not None:
-                backend_ops.call_on_host_if(
-                    predicate, self._records.warn_never_updated
-                )
+                backend_ops.call_on_host_if(predicate, self._never_updated.warn)
