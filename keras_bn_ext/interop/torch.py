@@ -68,20 +68,7 @@ def from_torch(module, input_shape=None, name=None):
     import torch
 
     kind = _torch_kind(module, torch)
-    num_features = int(module.num_features)
-    input_shape = _check_input_shape(kind, num_features, input_shape)
-    if module.momentum is None:
-        momentum = None
-    elif not 0.0 <= float(module.momentum) <= 1.0:
-        raise ValueError(
-            "PyTorch's momentum (the weight of the new batch) must be in "
-            f"[0, 1] or None to map to Keras's 1 - momentum. Received: "
-            f"momentum={module.momentum}"
-        )
-    else:
-        # Rounding drops the float noise of `1 - m` (1 - 0.1 = 0.9, not
-        # 0.8999999999999999), far below float32 resolution.
-        momentum = round(1.0 - float(module.momentum), 12)
+    input_shape = _check_input_shape(kind, int(module.num_features), input_shape)
     running = bool(module.track_running_stats) and module.running_mean is not None
     dtype = "float64" if _torch_float_dtype(module, torch) == torch.float64 else None
 
@@ -89,7 +76,7 @@ def from_torch(module, input_shape=None, name=None):
 
     layer = BatchNormalization(
         axis=1,
-        momentum=momentum,
+        momentum=_keras_momentum(module.momentum),
         epsilon=float(module.eps),
         center=bool(module.affine),
         scale=bool(module.affine),
@@ -101,20 +88,7 @@ def from_torch(module, input_shape=None, name=None):
         dtype=dtype,
     )
     layer.build(input_shape)
-    if module.affine:
-        layer.gamma.assign(_to_numpy(module.weight))
-        layer.beta.assign(_to_numpy(module.bias))
-    if running:
-        layer.moving_mean.assign(_to_numpy(module.running_mean))
-        layer.moving_variance.assign(_to_numpy(module.running_var))
-    if layer.num_batches_tracked is not None and module.num_batches_tracked is not None:
-        count = int(module.num_batches_tracked.item())
-        if count > _INT32_MAX:
-            raise ValueError(
-                "`num_batches_tracked` does not fit the layer's int32 counter. "
-                f"Received: num_batches_tracked={count}"
-            )
-        layer.num_batches_tracked.assign(count)
+    _copy_from_module(layer, module, running)
     return layer
 
 
@@ -161,41 +135,78 @@ def to_torch(layer):
     import torch
 
     rank = _check_exportable(layer)
-    if layer.momentum is None:
-        momentum = None
-    else:
-        momentum = round(1.0 - float(layer.momentum), 12)
-    moving_mean = _variable_numpy(layer.moving_mean)
-    dtype = torch.float64 if moving_mean.dtype == np.float64 else torch.float32
+    is_float64 = _variable_numpy(layer.moving_mean).dtype == np.float64
+    dtype = torch.float64 if is_float64 else torch.float32
     track = layer.mode != "batch"
     module_class = getattr(torch.nn, _RANK_TO_CLASS[rank])
     module = module_class(
-        num_features=int(layer._param_shape[0]),
+        num_features=int(layer.moving_mean.shape[0]),
         eps=float(layer.epsilon),
-        momentum=momentum,
+        momentum=_torch_momentum(layer.momentum),
         affine=bool(layer.scale),
         track_running_stats=track,
         dtype=dtype,
     )
     with torch.no_grad():
-        if layer.scale:
-            module.weight.copy_(_torch_tensor(torch, layer.gamma, dtype))
-            module.bias.copy_(_torch_tensor(torch, layer.beta, dtype))
-        if track:
-            module.running_mean.copy_(_torch_tensor(torch, layer.moving_mean, dtype))
-            module.running_var.copy_(
-                _torch_tensor(torch, layer.moving_variance, dtype)
-            )
-            count = 0
-            if layer.num_batches_tracked is not None:
-                count = int(_variable_numpy(layer.num_batches_tracked))
-            module.num_batches_tracked.fill_(count)
+        _copy_into_module(module, layer, torch, dtype, track)
     if layer.mode == "moving":
         module.eval()
     return module
 
 
 # Private helpers ---------------------------------------------------------------
+
+
+def _keras_momentum(torch_momentum):
+    """PyTorch's weight of the new batch `m` as Keras's weight of the old
+    value `1 - m`; `None` (a cumulative average) stays `None`."""
+    if torch_momentum is None:
+        return None
+    if not 0.0 <= float(torch_momentum) <= 1.0:
+        raise ValueError(
+            "PyTorch's momentum (the weight of the new batch) must be in "
+            f"[0, 1] or None to map to Keras's 1 - momentum. Received: "
+            f"momentum={torch_momentum}"
+        )
+    # Rounding drops the float noise of `1 - m` (1 - 0.1 = 0.9, not
+    # 0.8999999999999999), far below float32 resolution.
+    return round(1.0 - float(torch_momentum), 12)
+
+
+def _torch_momentum(keras_momentum):
+    if keras_momentum is None:
+        return None
+    return round(1.0 - float(keras_momentum), 12)
+
+
+def _copy_from_module(layer, module, running):
+    if module.affine:
+        layer.gamma.assign(_to_numpy(module.weight))
+        layer.beta.assign(_to_numpy(module.bias))
+    if running:
+        layer.moving_mean.assign(_to_numpy(module.running_mean))
+        layer.moving_variance.assign(_to_numpy(module.running_var))
+    if layer.num_batches_tracked is not None and module.num_batches_tracked is not None:
+        count = int(module.num_batches_tracked.item())
+        if count > _INT32_MAX:
+            raise ValueError(
+                "`num_batches_tracked` does not fit the layer's int32 counter. "
+                f"Received: num_batches_tracked={count}"
+            )
+        layer.num_batches_tracked.assign(count)
+
+
+def _copy_into_module(module, layer, torch, dtype, track):
+    if layer.scale:
+        module.weight.copy_(_torch_tensor(torch, layer.gamma, dtype))
+        module.bias.copy_(_torch_tensor(torch, layer.beta, dtype))
+    if track:
+        module.running_mean.copy_(_torch_tensor(torch, layer.moving_mean, dtype))
+        module.running_var.copy_(_torch_tensor(torch, layer.moving_variance, dtype))
+        count = 0
+        if layer.num_batches_tracked is not None:
+            count = int(_variable_numpy(layer.num_batches_tracked))
+        module.num_batches_tracked.fill_(count)
 
 
 def _torch_kind(module, torch):
@@ -250,13 +261,14 @@ def _torch_tensor(torch, variable, dtype):
 
 def _check_exportable(layer):
     """The rank the layer was built for; errors for what cannot map."""
-    if not layer.built or layer._channel_axes is None:
+    if not layer.built or layer.input_spec is None:
         raise ValueError(
             "to_torch needs a built layer (its rank picks BatchNorm1d/2d/3d): "
             f"call it on an input or use layer.build(shape). Received: layer={layer.name!r}"
         )
-    rank = len(layer._channel_axes) + len(layer._reduction_axes)
-    if layer._channel_axes != [1]:
+    # The layer's input spec (set by build) holds its rank and channel axes.
+    rank = layer.input_spec.ndim
+    if sorted(layer.input_spec.axes) != [1]:
         raise ValueError(
             "PyTorch's BatchNorm normalizes channels-first inputs (channel axis "
             f"1). Received: axis={layer.axis} (for inputs of rank {rank})"
