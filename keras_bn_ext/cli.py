@@ -1,18 +1,27 @@
-"""Command line: `keras-bn-ext demo | inspect MODEL.keras [--backend NAME]`.
+"""Command line: `keras-bn-ext [--backend NAME] demo | inspect MODEL.keras`.
 
 The backend must be chosen before Keras is imported, so this module imports
-nothing from Keras at the top.
+nothing from Keras at the top, and `--help`/`--version` import no backend
+at all (`keras_bn_ext/_startup.py` defers the package's own imports).
 """
 
 import argparse
+import importlib.util
+import json
 import os
 import runpy
 import sys
 
-# Read from its file: importing the package would start a Keras backend.
+from keras_bn_ext import _startup
+from keras_bn_ext._version import __version__
+
+# Read from its file: importing keras_bn_ext.backend would import Keras.
 BACKENDS = runpy.run_path(
     os.path.join(os.path.dirname(__file__), "backend", "supported.py")
 )["BACKENDS"]
+
+# The module each Keras backend imports.
+_BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 
 def _parser():
@@ -21,9 +30,14 @@ def _parser():
         description="keras_bn_ext: a BatchNormalization that explains itself.",
     )
     parser.add_argument(
+        "--version", action="version", version=f"keras-bn-ext {__version__}"
+    )
+    parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="Keras backend (default: $KERAS_BACKEND, else Keras's default).",
+        help="Keras backend (default: $KERAS_BACKEND, else the one in "
+        "~/.keras/keras.json, else the first installed of "
+        f"{', '.join(BACKENDS)}).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
@@ -48,10 +62,16 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    if args.backend:
-        os.environ["KERAS_BACKEND"] = args.backend
-        _restart_if_backend_loaded(args.backend, argv)
+    try:
+        backend = _choose_backend(args.backend)
+    except RuntimeError as e:
+        print(f"keras-bn-ext: error: {e}", file=sys.stderr)
+        return 1
+    os.environ["KERAS_BACKEND"] = backend
+    _restart_if_backend_loaded(backend, argv)
+    # TensorFlow's start-up log lines are not for the CLI's user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _startup.load_public_api()
     if args.command == "demo":
         from keras_bn_ext.demo import run_demo
 
@@ -61,6 +81,50 @@ def main(argv=None):
         return _inspect(args.path)
     parser.print_help()
     return 2
+
+
+def _choose_backend(requested):
+    """--backend, else $KERAS_BACKEND, else Keras's config file, else the
+    first installed backend: the CLI works with any one of them."""
+    keras = sys.modules.get("keras")
+    if requested is None and keras is not None:
+        return keras.backend.backend()  # called in a process that has Keras
+    name, source = requested, "--backend"
+    if name is None and os.environ.get("KERAS_BACKEND"):
+        name, source = os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    if name is None:
+        name, source = _configured_backend(), "~/.keras/keras.json"
+    if name is not None:
+        if name in _BACKEND_MODULES and not _installed(name):
+            raise RuntimeError(
+                f"the {name} backend is not installed (pip install "
+                f"'keras-bn-ext[{name}]'). Received: {source}={name}"
+            )
+        return name
+    for candidate in BACKENDS:
+        if _installed(candidate):
+            return candidate
+    raise RuntimeError(
+        "no Keras backend is installed: pip install 'keras-bn-ext[jax]' "
+        "(or [tensorflow], or [torch])"
+    )
+
+
+def _installed(backend):
+    try:
+        return importlib.util.find_spec(_BACKEND_MODULES[backend]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _configured_backend():
+    """The backend in Keras's config file, when the user wrote one."""
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _restart_if_backend_loaded(backend, argv):

@@ -88,3 +88,73 @@ def test_inspect_in_process_prints_the_report(tmp_path, capsys):
     assert main(["inspect", _saved_model(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "2 (1 keras, 1 keras_bn_ext)" in out
+
+
+# A backend "not installed": a module finder that hides it (and everything
+# under it) from imports and from importlib.util.find_spec.
+_HIDE_BACKENDS = """
+import sys
+from importlib.machinery import PathFinder
+HIDDEN = {hidden!r}
+class _HidingPathFinder:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        return PathFinder.find_spec(name, path, target)
+    def invalidate_caches(self):
+        PathFinder.invalidate_caches()
+sys.meta_path[:] = [_HidingPathFinder() if f is PathFinder else f for f in sys.meta_path]
+"""
+
+
+def _cli_with_only(backend, *args, tmp_path):
+    hidden = [b for b in ("tensorflow", "jax", "torch") if b != backend]
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_BACKENDS.format(hidden=hidden))
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(PYTHONPATH=str(tmp_path), KERAS_HOME=str(tmp_path / "keras_home"))
+    return subprocess.run([sys.executable, "-m", "keras_bn_ext", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_help_and_version_import_no_backend():
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    for args in (["--help"], ["--version"]):
+        result = subprocess.run([sys.executable, "-m", "keras_bn_ext", *args],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        imported = {line.split("|")[-1].strip()
+                    for line in result.stderr.splitlines() if "|" in line}
+        assert not imported & {"keras", "tensorflow", "jax", "torch"}, args
+    assert result.stdout.strip() == f"keras-bn-ext {keras_bn_ext.__version__}"
+
+
+def test_version_has_one_source():
+    from importlib.metadata import version
+
+    assert version("keras-bn-ext") == keras_bn_ext.__version__
+
+
+def test_cli_works_with_only_this_backend_installed(tmp_path):
+    # No --backend, no $KERAS_BACKEND, no keras.json: it picks the installed one.
+    path = _saved_model(tmp_path)
+    result = _cli_with_only(BACKEND, "inspect", path, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{BACKEND} backend" in result.stdout
+    assert result.stderr == ""  # no TensorFlow start-up lines either
+    missing = OTHER_BACKEND
+    result = _cli_with_only(BACKEND, "--backend", missing, "inspect", path,
+                            tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"keras-bn-ext: error: the {missing} backend is not installed (pip "
+        f"install 'keras-bn-ext[{missing}]'). Received: --backend={missing}")
+
+
+def test_keras_json_backend_is_used(tmp_path):
+    home = tmp_path / "keras_home"
+    home.mkdir()
+    (home / "keras.json").write_text('{"backend": "%s"}' % OTHER_BACKEND)
+    result = _cli_with_only(BACKEND, "inspect", _saved_model(tmp_path),
+                            tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert f"Received: ~/.keras/keras.json={OTHER_BACKEND}" in result.stderr
