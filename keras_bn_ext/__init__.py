@@ -16,18 +16,22 @@ if not _startup.defer_public_api():
     from keras_bn_ext.debug import StatsRecord
     from keras_bn_ext.interop import convert_model
     from keras_bn_ext.layers import BatchNormalization
+    from keras_bn_ext.tools import Diagnosis
+    from keras_bn_ext.tools import diagnose
     from keras_bn_ext.tools import recalibrate
     from keras_bn_ext.tools import report
 
 __all__ = [
     "BatchNormalization",
     "Branch",
+    "Diagnosis",
     "NeverUpdatedWarning",
     "StatsRecord",
     "callbacks",
     "convert_model",
     "debug",
     "decide_branch",
+    "diagnose",
     "interop",
     "recalibrate",
     "report",

@@ -1,4 +1,5 @@
-"""Command line: `keras-bn-ext [--backend NAME] demo | inspect MODEL.keras`.
+"""Command line: `keras-bn-ext [--backend NAME] demo | inspect MODEL.keras |
+diagnose MODEL.keras DATA.npy`.
 
 The backend must be chosen before Keras is imported, so this module imports
 nothing from Keras at the top, and `--help`/`--version` import no backend
@@ -53,7 +54,27 @@ def _parser():
     inspect.add_argument("path", help="a .keras model file")
     inspect.add_argument("--backend", choices=BACKENDS,
                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_diagnose_parser(commands)
     return parser
+
+
+def _add_diagnose_parser(commands):
+    diagnose = commands.add_parser(
+        "diagnose", help="Measure why a saved model's inference outputs differ "
+        "from its training-mode outputs on some data: per BatchNormalization "
+        "layer, with the fix."
+    )
+    diagnose.add_argument("path", help="a .keras model file")
+    diagnose.add_argument("data", help="the model's inputs: a .npy file, or a "
+                          ".npz file (its array 'x', else its first array)")
+    diagnose.add_argument("--batch-size", type=int, default=32,
+                          help="batch size, as in training (default: 32)")
+    diagnose.add_argument("--steps", type=int, help="use only the first STEPS batches")
+    diagnose.add_argument("--plot", metavar="PNG", help="also draw the per-layer gaps here")
+    diagnose.add_argument("--json", action="store_true",
+                          help="print the diagnosis as JSON instead of a table")
+    diagnose.add_argument("--backend", choices=BACKENDS,
+                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def main(argv=None):
@@ -79,6 +100,8 @@ def main(argv=None):
         return 0
     if args.command == "inspect":
         return _inspect(args.path)
+    if args.command == "diagnose":
+        return _diagnose(args)
     parser.print_help()
     return 2
 
@@ -139,15 +162,38 @@ def _restart_if_backend_loaded(backend, argv):
 
 
 def _inspect(path):
+    model = _load_model(path)
+    if model is None:
+        return 1
+    import keras
+
+    import keras_bn_ext
+
+    print(f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)")
+    print(keras_bn_ext.report(model))
+    return 0
+
+
+def _diagnose(args):
+    model = _load_model(args.path)
+    if model is None:
+        return 1
+    from keras_bn_ext.tools import diagnose_cli
+
+    return diagnose_cli.run(model, args)
+
+
+def _load_model(path):
+    """The model in a `.keras` file, or None after a one-line error."""
     if not os.path.isfile(path):
         what = "is a directory, not a model file" if os.path.isdir(path) else "no such file"
         print(f"keras-bn-ext: error: {what}: {path}", file=sys.stderr)
-        return 1
+        return None
     import zipfile
 
     import keras
 
-    import keras_bn_ext  # registers the layer for deserialization
+    import keras_bn_ext  # noqa: F401  (registers the layer for deserialization)
 
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
         print(
@@ -155,9 +201,9 @@ def _inspect(path):
             "file is a zip archive saved by model.save()).",
             file=sys.stderr,
         )
-        return 1
+        return None
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(
@@ -165,7 +211,4 @@ def _inspect(path):
             f"{first_line}",
             file=sys.stderr,
         )
-        return 1
-    print(f"{path} (Keras {keras.__version__}, {keras.backend.backend()} backend)")
-    print(keras_bn_ext.report(model))
-    return 0
+        return None

@@ -1,0 +1,97 @@
+"""`diagnose(model, data)`: why does the model behave differently in `fit()`
+and in `predict()`? Measured per BatchNormalization layer, with the fix.
+
+In `fit()` each BatchNormalization layer normalizes with the batch's
+statistics; in `predict()`/`evaluate()` with its moving statistics. When the
+two disagree on the data, so do the model's outputs. `diagnose` runs the
+data through the model in both modes (one pass, nothing written: the
+batch-statistics mode is a stateless call), measures at every layer how far
+the data's statistics are from the moving ones, and names the causes:
+never-updated or still-warming-up statistics, data unlike what they saw,
+batches too small, frozen layers that don't fit, bad variances. See
+docs/diagnose.md for the numbers and formulas.
+"""
+
+import math
+
+from keras_bn_ext.tools import diagnose_findings
+from keras_bn_ext.tools.diagnose_measures import measure_layer
+from keras_bn_ext.tools.diagnose_passes import BATCH
+from keras_bn_ext.tools.diagnose_passes import INFERENCE
+from keras_bn_ext.tools.diagnose_passes import Measurement
+from keras_bn_ext.tools.diagnose_result import Diagnosis
+from keras_bn_ext.tools.diagnose_result import OutputGap
+from keras_bn_ext.tools.recalibrate import _Batches
+from keras_bn_ext.tools.report import batch_norm_layers
+
+
+def diagnose(model, data, steps=None, batch_size=32):
+    """Measures, per BatchNormalization layer, the gap between the moving
+    statistics (inference) and the data's batch statistics (training), and
+    why the model's outputs differ between `predict()` and `fit()`.
+
+    Keras's layers and ours, nested models and custom layers too. Nothing
+    changes: every weight, moving statistic and update counter is left
+    bit-identical (batch-statistics mode runs as `model.stateless_call`),
+    and nothing trains.
+
+    Args:
+        model: a Keras model.
+        data: as `fit` accepts it: a NumPy array (split into batches of
+            `batch_size`), a `tf.data.Dataset`, a `keras.utils.PyDataset`,
+            a torch `DataLoader`, a list, generator or iterable of batches.
+            A batch is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`; only
+            `x` is used. Give the batches the model trains on: batch
+            statistics depend on the batch size.
+        steps: use only the first `steps` batches (needed for endless data).
+        batch_size: batch size for array data.
+
+    Returns:
+        A `Diagnosis`: `print()` it for a table; `.findings` (ranked
+        `Finding`s with `layer`, `kind`, `numbers`, `fix`), `.layers`
+        (`LayerDiagnosis` per layer), `.output_gap`, `.plot(path)`,
+        `.to_json()`.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_bn_ext
+    >>> model = keras.Sequential([keras.Input((4,)),
+    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, (64, 4)).astype("float32")
+    >>> diagnosis = keras_bn_ext.diagnose(model, x)
+    >>> diagnosis.kinds()
+    ['never_updated']
+    >>> round(diagnosis["bn"].mean_shift_median, 1)
+    2.9
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+        )
+    layers = batch_norm_layers(model)
+    measurement = Measurement(model, layers).run(_Batches(data, steps, batch_size))
+    paths = {id(layer): path for path, layer in layers}
+    rows = [
+        measure_layer(paths[id(layer)], layer,
+                      measurement.moments[INFERENCE][id(layer)],
+                      measurement.moments[BATCH][id(layer)])
+        for layer in measurement.order
+    ]
+    rows, findings = diagnose_findings.rank_findings(rows)
+    ran = {id(layer) for layer in measurement.order}
+    return Diagnosis(
+        model.name, rows, findings, _output_gap(measurement.output_gap),
+        measurement.batches,
+        not_called=[path for path, layer in layers if id(layer) not in ran],
+    )
+
+
+def _output_gap(sums):
+    reference = math.sqrt(sums.squared_reference)
+    difference = math.sqrt(sums.squared_difference)
+    if reference > 0:
+        relative = difference / reference
+    else:
+        relative = 0.0 if difference == 0 else math.inf
+    changed = sums.changed / sums.rows if sums.classifier and sums.rows else None
+    return OutputGap(relative, float(sums.max_abs_difference), changed, sums.samples)
