@@ -37,7 +37,7 @@ def _parser():
         "--backend",
         choices=BACKENDS,
         help="Keras backend (default: $KERAS_BACKEND, else the one in "
-        "~/.keras/keras.json, else the first installed of "
+        "~/.keras/keras.json if installed, else the first installed of "
         f"{', '.join(BACKENDS)}).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -107,24 +107,26 @@ def main(argv=None):
 
 
 def _choose_backend(requested):
-    """--backend, else $KERAS_BACKEND, else Keras's config file, else the
-    first installed backend: the CLI works with any one of them."""
+    """--backend, else $KERAS_BACKEND, else the one in Keras's config file
+    if installed, else the first installed backend: the CLI works with any
+    one of them."""
     keras = sys.modules.get("keras")
     if requested is None and keras is not None:
         return keras.backend.backend()  # called in a process that has Keras
-    name, source = requested, "--backend"
-    if name is None and os.environ.get("KERAS_BACKEND"):
-        name, source = os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
-    if name is None:
-        name, source = _configured_backend(), "~/.keras/keras.json"
-    if name is not None:
-        if name in _BACKEND_MODULES and not _installed(name):
-            raise RuntimeError(
-                f"the {name} backend is not installed (pip install "
-                f"'keras-bn-ext[{name}]'). Received: {source}={name}"
-            )
-        return name
-    for candidate in BACKENDS:
+    for name, source in ((requested, "--backend"),
+                         (os.environ.get("KERAS_BACKEND"), "KERAS_BACKEND")):
+        if name:
+            if name in _BACKEND_MODULES and not _installed(name):
+                raise RuntimeError(
+                    f"the {name} backend is not installed (pip install "
+                    f"'keras-bn-ext[{name}]'). Received: {source}={name}"
+                )
+            return name
+    # Keras writes keras.json with its default (tensorflow) on first import,
+    # so the file's backend is a preference, not a requirement.
+    configured = _configured_backend()
+    candidates = ([configured] if configured in BACKENDS else []) + list(BACKENDS)
+    for candidate in candidates:
         if _installed(candidate):
             return candidate
     raise RuntimeError(

@@ -150,11 +150,25 @@ def test_cli_works_with_only_this_backend_installed(tmp_path):
         f"install 'keras-bn-ext[{missing}]'). Received: --backend={missing}")
 
 
-def test_keras_json_backend_is_used(tmp_path):
+def test_keras_json_backend_is_a_preference(tmp_path):
+    # Keras writes keras.json (backend "tensorflow") on its first import:
+    # an installed backend named there is used, a missing one is skipped.
     home = tmp_path / "keras_home"
     home.mkdir()
-    (home / "keras.json").write_text('{"backend": "%s"}' % OTHER_BACKEND)
-    result = _cli_with_only(BACKEND, "inspect", _saved_model(tmp_path),
-                            tmp_path=tmp_path)
+    path = _saved_model(tmp_path)
+    for configured in (BACKEND, OTHER_BACKEND):
+        (home / "keras.json").write_text('{"backend": "%s"}' % configured)
+        result = _cli_with_only(BACKEND, "inspect", path, tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"{BACKEND} backend" in result.stdout
+
+
+def test_an_explicit_missing_backend_is_a_one_line_error(tmp_path):
+    env_backend = OTHER_BACKEND
+    hidden = [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_BACKENDS.format(hidden=hidden))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), KERAS_BACKEND=env_backend)
+    result = subprocess.run([sys.executable, "-m", "keras_bn_ext", "demo"],
+                            capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1
-    assert f"Received: ~/.keras/keras.json={OTHER_BACKEND}" in result.stderr
+    assert result.stderr.strip().endswith(f"Received: KERAS_BACKEND={env_backend}")
