@@ -16,7 +16,9 @@ The rules, per layer, in the order the model runs them:
   - `data_shift` otherwise.
 - `small_batch`: for layers that use batch statistics, batches whose
   expected statistics noise `sqrt(1/n + 1/(2(n-1)))` (n elements per
-  channel) is `SMALL_BATCH_NOISE` or more.
+  channel, per virtual batch for ghost batches) is `SMALL_BATCH_NOISE` or
+  more. Such batches' variances are biased low by (n - 1) / n, so at such a
+  layer a gap with no mean shift counts as the small batch's, not a shift.
 """
 
 import dataclasses
@@ -54,14 +56,17 @@ def _layer_findings(row, causes):
         findings.append(bad)
     uses_moving = row.state != "mode=batch"
     effect = row.own_gap if causes else row.gap
+    small = small_batch(row)
+    # Small batches' variances are biased low ((n - 1) / n on average): a
+    # gap in the variance alone is theirs.
+    explained = small is not None and row.mean_shift_max < GAP_THRESHOLD
     if row.never_updated and uses_moving:
         findings.append(never_updated(row, effect))
-    elif uses_moving and row.gap >= GAP_THRESHOLD and bad is None:
+    elif uses_moving and row.gap >= GAP_THRESHOLD and bad is None and not explained:
         if row.own_gap < GAP_THRESHOLD and causes:
             row = dataclasses.replace(row, inherited_from=causes[-1])
         else:
             findings.append(_gap_finding(row, effect))
-    small = small_batch(row)
     if small is not None:
         findings.append(small)
     return row, findings
@@ -181,6 +186,7 @@ def small_batch(row):
         "batch_mean_spread": row.batch_mean_spread,
         "batch_variance_spread": row.batch_variance_spread,
         "count_needed": needed,
+        "variance_ratio_median": row.variance_ratio_median,
     }
     return Finding(
         row.layer, "small_batch", numbers,

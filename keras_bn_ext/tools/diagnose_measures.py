@@ -12,7 +12,7 @@ of the batch means and `s` the mean of the batch variances, per channel:
 (before gamma and beta) with the moving statistics and with `(mu, s)`, on
 the same inputs; the layer's `gap` is its RMS over channels. It is measured
 on the inputs the layer sees in inference mode, and `own_gap` on those it
-sees in batch-statistics mode (as in `fit()`, every earlier layer
+sees in batch-statistics mode (every earlier layer, frozen ones included,
 normalizing with batch statistics), which no earlier layer's gap reaches.
 """
 
@@ -51,7 +51,7 @@ def measure_layer(path, layer, seen, own):
         state=state,
         channels=int(moving[0].size),
         batches=seen.calls,
-        count=int(np.median(counts.min(axis=1))),
+        count=_count_per_batch(layer, counts, seen.batch_sizes),
         mean_shift_median=_nan_reduce(np.nanmedian, shift),
         mean_shift_max=_nan_reduce(np.nanmax, shift),
         variance_ratio_min=_nan_reduce(np.nanmin, ratio),
@@ -125,10 +125,12 @@ def batch_spread(means, variances, counts, mean, variance, epsilon):
         return None, None
     total = counts.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_spread = np.sqrt((counts * (means - mean) ** 2).sum(axis=0) / total)
-        variance_spread = np.sqrt((counts * (variances - variance) ** 2).sum(axis=0) / total)
-        mean_spread = mean_spread / np.sqrt(variance + epsilon)
-        variance_spread = variance_spread / (variance + epsilon)
+        means_variance = (counts * (means - mean) ** 2).sum(axis=0) / total
+        # The data's variance: within batches plus between their means.
+        population_variance = variance + means_variance
+        mean_spread = np.sqrt(means_variance / (population_variance + epsilon))
+        variance_spread = np.sqrt(
+            (counts * (variances - variance) ** 2).sum(axis=0) / total) / (variance + epsilon)
     return _nan_reduce(np.nanmedian, mean_spread), _nan_reduce(np.nanmedian, variance_spread)
 
 
@@ -171,6 +173,17 @@ def _estimated_weight(layer, mean, variance, moving_mean, moving_variance):
     if residual > 0.25 * math.sqrt(spread) or not -0.05 <= weight <= 1.05:
         return None, None
     return min(max(weight, 0.0), 1.0), "estimated"
+
+
+def _count_per_batch(layer, counts, batch_sizes):
+    """Elements per channel that one set of batch statistics reduces (the
+    median over batches; per virtual batch for ghost batch normalization)."""
+    per_batch = counts.min(axis=1)
+    group = getattr(layer, "virtual_batch_size", None)
+    if group:
+        sizes = np.asarray(batch_sizes, "float64")
+        per_batch = per_batch / np.maximum(sizes, 1) * np.minimum(sizes, group)
+    return int(np.median(per_batch))
 
 
 def _layer_gap(gap):

@@ -5,6 +5,9 @@ in inference mode and in batch-statistics mode, and nothing is written.
 - Batch-statistics mode is `model.stateless_call(..., training=True)`: every
   layer behaves as in `fit()` (batch statistics, dropout), but the updated
   moving statistics come back as values that are dropped, never assigned.
+  Frozen BatchNormalization layers (`trainable=False`, `mode="moving"`),
+  which `fit()` runs on their moving statistics, normalize with the batch's
+  here too: this mode is "every layer follows the data".
 - Every BatchNormalization layer's inputs are reduced on device, as they
   arrive, to per-channel mean, variance and count (the package's stable
   moments function); only those vectors reach the host.
@@ -22,7 +25,6 @@ from keras_bn_ext import statistics
 from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.layers.arguments import resolve_axes
 from keras_bn_ext.layers.arguments import standardize_mask
-from keras_bn_ext.tools.recalibrate import _Intercept
 
 INFERENCE = "inference"
 BATCH = "batch"
@@ -34,12 +36,14 @@ class ChannelMoments:
 
     def __init__(self):
         self.means, self.variances, self.counts = [], [], []
+        self.batch_sizes = []
 
-    def add(self, layer, inputs, mask):
-        mean, variance, count = channel_moments(layer, inputs, mask)
+    def add(self, moments, batch_size):
+        mean, variance, count = _host_moments(moments)
         self.means.append(mean)
         self.variances.append(variance)
         self.counts.append(count)
+        self.batch_sizes.append(batch_size)
 
     @property
     def calls(self):
@@ -52,21 +56,37 @@ class ChannelMoments:
 
 
 def channel_moments(layer, inputs, mask):
-    """Per-channel mean, variance and count of `inputs` as `layer` reduces
-    them (its axis and mask), computed on device; one host transfer."""
+    """`(x, axes, Moments)`: the inputs as the layer computes with them and
+    their per-channel moments as it reduces them (its axis and mask)."""
     dtype = keras.backend.standardize_dtype(inputs.dtype)
     x = ops.cast(inputs, "float64" if dtype == "float64" else "float32")
     ndim = len(x.shape)
     channel_axes = resolve_axes(layer.axis, ndim)
     axes = [i for i in range(ndim) if i not in channel_axes]
     mask = standardize_mask(mask, x, layer.axis, channel_axes)
-    moments = statistics.moments(x, axes, mask)
+    return x, channel_axes, statistics.moments(x, axes, mask)
+
+
+def _host_moments(moments):
     shape = ops.shape(moments.variance)
     parts = [moments.shift, moments.offset, moments.variance, moments.count]
-    stacked = ops.stack([ops.broadcast_to(ops.cast(p, x.dtype), shape) for p in parts])
+    dtype = moments.variance.dtype
+    stacked = ops.stack([ops.broadcast_to(ops.cast(p, dtype), shape) for p in parts])
     host = np.asarray(ops.convert_to_numpy(stacked), "float64").reshape(4, -1)
     # The mean as shift + offset, summed in float64: exact for |mean| >> std.
     return host[0] + host[1], host[2], host[3]
+
+
+def normalize_with_batch_statistics(layer, x, channel_axes, moments):
+    """What a frozen layer would output if it followed the data: `x`
+    normalized with its batch's statistics, then gamma and beta."""
+    outputs = statistics.normalize_batch(x, moments, None, None, layer.epsilon)
+    shape = [x.shape[i] if i in channel_axes else 1 for i in range(len(x.shape))]
+    if layer.scale:
+        outputs = outputs * ops.reshape(ops.cast(layer.gamma, x.dtype), shape)
+    if layer.center:
+        outputs = outputs + ops.reshape(ops.cast(layer.beta, x.dtype), shape)
+    return ops.cast(outputs, layer.compute_dtype)
 
 
 class OutputGap:
@@ -140,26 +160,34 @@ class Measurement:
             raise ValueError("`data` gave no batch: nothing to diagnose.")
         return self
 
-    def _on_call(self, layer):
-        def on_call(inputs, mask):
-            if self._mode == INFERENCE and all(seen is not layer for seen in self.order):
-                self.order.append(layer)
-            self.moments[self._mode][id(layer)].add(layer, inputs, mask)
-
-        return on_call
-
     @contextlib.contextmanager
     def _intercepts(self):
-        intercepts = [_Intercept(layer, self._on_call(layer)) for _, layer in self.layers]
-        entered = []
+        """Replaces each layer's `call` while the block runs: its inputs'
+        moments are recorded, then it runs as usual, except that a frozen
+        layer normalizes with the batch's statistics in batch mode."""
         try:
-            for intercept in intercepts:
-                intercept.__enter__()
-                entered.append(intercept)
+            for _, layer in self.layers:
+                layer.call = self._call_of(layer, layer.call)
             yield
         finally:
-            for intercept in entered:
-                intercept.__exit__()
+            for _, layer in self.layers:
+                if "call" in vars(layer):
+                    del layer.call  # back to the class's method
+
+    def _call_of(self, layer, original):
+        frozen = not layer.trainable or getattr(layer, "mode", "auto") == "moving"
+
+        def call(inputs, *args, **kwargs):
+            x, channel_axes, moments = channel_moments(layer, inputs, kwargs.get("mask"))
+            if self._mode == INFERENCE and all(seen is not layer for seen in self.order):
+                self.order.append(layer)
+            batch_size = int(x.shape[0]) if len(x.shape) else 1
+            self.moments[self._mode][id(layer)].add(moments, batch_size)
+            if frozen and self._mode == BATCH:
+                return normalize_with_batch_statistics(layer, x, channel_axes, moments)
+            return original(inputs, *args, **kwargs)
+
+        return call
 
 
 def _variable_values(model):

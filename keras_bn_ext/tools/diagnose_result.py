@@ -37,7 +37,8 @@ class LayerDiagnosis:
             across batches (same).
         gap: RMS difference of the layer's normalized outputs between its
             moving statistics and the data's, on its inference-mode inputs.
-        own_gap: the same on its inputs in batch-statistics mode (as in
+        own_gap: the same on its inputs in batch-statistics mode (every
+            earlier layer normalizing with the batch's statistics, as in
             `fit()`): the part of the gap no earlier layer causes.
         updates: the update counter (`num_batches_tracked`), or None.
         never_updated: the moving statistics are still their initial values.
@@ -110,7 +111,8 @@ class Finding:
 @dataclasses.dataclass(frozen=True)
 class OutputGap:
     """How far the model's outputs in inference mode are from those in
-    batch-statistics mode (as in `fit()`) on the data.
+    batch-statistics mode (as in `fit()`, with frozen BatchNormalization
+    layers normalizing with the batch's statistics too) on the data.
 
     Attributes:
         relative_difference: `||inference - batch|| / ||batch||` over all
