@@ -38,13 +38,16 @@ class BatchStatistics(NamedTuple):
     """One batch's statistics in the parameter shape (e.g. `(C,)`, or
     `(G, C)` for `G` virtual batches), for the moving update and the debug
     records. `valid` says, per channel, whether they may update the moving
-    averages (non-empty and, when checked, finite).
+    averages (non-empty and, when checked, finite). `group_sizes`: for
+    virtual batches, the `(G,)` samples in each (None when all hold the
+    same number).
     """
 
     mean: object
     variance: object
     count: object
     valid: object
+    group_sizes: object = None
 
 
 def _no_reduce(tensors):

@@ -15,9 +15,11 @@ from keras_bn_ext.layers.options import OPTIONS
 BN = keras_bn_ext.BatchNormalization
 
 # A used value for each option that is not a bool (a bool's is `not default`).
-USED_VALUES = {"momentum": None, "mode": "moving", "virtual_batch_size": 2}
+USED_VALUES = {"momentum": None, "mode": "moving", "virtual_batch_size": 2,
+               "virtual_batch_grouping": "strided"}
 # A value each check must refuse, for the options whose check is not `bool`.
-BAD_VALUES = {"momentum": 1.5, "mode": "frozen", "virtual_batch_size": 0}
+BAD_VALUES = {"momentum": 1.5, "mode": "frozen", "virtual_batch_size": 0,
+              "virtual_batch_grouping": "rows"}
 # Converting to Keras drops these (Keras's layer computes the same on finite
 # batches); every other extension option must refuse instead.
 DROPPED_FOR_KERAS = {"skip_nonfinite_updates", "debug"}

@@ -126,6 +126,16 @@ def check_virtual_batch_size(value):
     return int(value)
 
 
+def check_virtual_batch_grouping(value):
+    """`"contiguous"` or `"strided"` (see `keras_bn_ext.layers.ghost`)."""
+    if value not in ("contiguous", "strided"):
+        raise ValueError(
+            "`virtual_batch_grouping` must be 'contiguous' or 'strided'. "
+            f"Received: virtual_batch_grouping={value!r}"
+        )
+    return value
+
+
 def check_combinations(layer):
     """Options that contradict each other get an error naming both."""
     if layer.renorm and layer.mode != "auto":
@@ -140,11 +150,6 @@ def check_combinations(layer):
             "cannot be combined with a cumulative or debiased average. "
             f"Received: renorm=True, momentum={layer.momentum}, "
             f"debias={layer.debias}"
-        )
-    if layer.renorm and layer.virtual_batch_size:
-        raise ValueError(
-            "Received: renorm=True, virtual_batch_size="
-            f"{layer.virtual_batch_size}: use one or the other."
         )
     if layer.debias and layer.momentum is None:
         raise ValueError(

@@ -15,6 +15,7 @@ from keras_bn_ext.debug import registry
 from keras_bn_ext.debug.explain import explain as explain_layer
 from keras_bn_ext.debug.freshness import NeverUpdatedCheck
 from keras_bn_ext.debug.records import RecordBuilder
+from keras_bn_ext.layers import ghost
 from keras_bn_ext.layers import options
 from keras_bn_ext.layers.arguments import check_axis
 from keras_bn_ext.layers.arguments import check_combinations
@@ -87,7 +88,13 @@ class BatchNormalization(keras.layers.Layer):
         debias: Debiased moving averages: exact after one training step, for
             any initial value.
         virtual_batch_size: Ghost batch normalization: statistics per virtual
-            batch of this many samples (must divide the batch size).
+            batch of this many samples. A batch it does not divide gets a
+            smaller virtual batch for the samples left over (exact
+            statistics: the padding is masked out).
+        virtual_batch_grouping: Which samples form a virtual batch:
+            `"contiguous"` (`k` consecutive samples) or `"strided"`
+            (tf-keras's: with `G` virtual batches, samples `g, g + G,
+            g + 2G, ...`). A tf-keras config selects `"strided"`.
         track_updates: Keep an update counter variable `num_batches_tracked`
             (created anyway when `momentum=None` or `debias=True`).
         debug: If `True`, log one line per call on the `"keras_bn_ext"`
@@ -120,30 +127,31 @@ class BatchNormalization(keras.layers.Layer):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        renorm=False,
-        renorm_clipping=None,
-        renorm_momentum=0.99,
-        synchronized=False,
-        mode="auto",
-        skip_nonfinite_updates=True,
-        unbiased_moving_variance=False,
-        debias=False,
-        virtual_batch_size=None,
-        track_updates=False,
-        debug=False,
+        axis: int | list[int] = -1,
+        momentum: float | None = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: str | initializers.Initializer = "zeros",
+        gamma_initializer: str | initializers.Initializer = "ones",
+        moving_mean_initializer: str | initializers.Initializer = "zeros",
+        moving_variance_initializer: str | initializers.Initializer = "ones",
+        beta_regularizer: str | regularizers.Regularizer | None = None,
+        gamma_regularizer: str | regularizers.Regularizer | None = None,
+        beta_constraint: str | constraints.Constraint | None = None,
+        gamma_constraint: str | constraints.Constraint | None = None,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float] | None = None,
+        renorm_momentum: float = 0.99,
+        synchronized: bool = False,
+        mode: str = "auto",
+        skip_nonfinite_updates: bool = True,
+        unbiased_moving_variance: bool = False,
+        debias: bool = False,
+        virtual_batch_size: int | None = None,
+        virtual_batch_grouping: str = "contiguous",
+        track_updates: bool = False,
+        debug: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -410,21 +418,15 @@ class BatchNormalization(keras.layers.Layer):
         statistics (per virtual batch of `virtual_batch_size` samples)."""
         axes, param_shape = self._reduction_axes, self._param_shape
         channel_axes = self._channel_axes
-        k = self.virtual_batch_size
-        if k:
-            if x.shape[0] is not None and x.shape[0] % k != 0:
-                raise ValueError(
-                    "`virtual_batch_size` must divide the batch size. Received: "
-                    f"virtual_batch_size={k}, batch size={x.shape[0]}"
-                )
-            # Groups of k consecutive samples: (G, k, ...), G statistics each.
-            grouped_shape = (-1, k) + tuple(ops.shape(x)[1:])
-            if mask is not None:
-                mask = ops.reshape(ops.broadcast_to(mask, ops.shape(x)), grouped_shape)
-            inputs_shape, x = ops.shape(x), ops.reshape(x, grouped_shape)
-            axes = [1] + [a + 1 for a in axes if a != 0]
-            channel_axes = [a + 1 for a in channel_axes]
-            param_shape = (-1,) + tuple(param_shape)
+        groups = None
+        if self.virtual_batch_size:
+            groups = ghost.group(
+                x, mask, self.virtual_batch_size, self.virtual_batch_grouping,
+                axes, channel_axes,
+            )
+            x, mask, axes = groups.x, groups.mask, groups.axes
+            channel_axes = groups.channel_axes
+            param_shape = (-1,) + tuple(param_shape)  # (G, ...) statistics
         gamma, beta = self._gamma_and_beta(x, channel_axes)
         reduce = None
         if self.synchronized and backend_ops.is_distributed():
@@ -432,9 +434,13 @@ class BatchNormalization(keras.layers.Layer):
         # A fully masked channel gets mean 0 and variance 0, as in Keras: its
         # outputs stay finite and its moving statistics untouched.
         if self.renorm:
-            # Renorm's correction needs the statistics before normalizing.
+            # Renorm's correction needs the statistics before normalizing;
+            # with virtual batches, those of the whole batch (as tf-keras).
             moments = statistics.moments(x, axes, mask, reduce)
-            gamma, beta = self._renorm_gamma_and_beta(moments, gamma, beta)
+            whole = (moments.mean, moments.variance)
+            if groups is not None:
+                whole = ghost.whole_batch(moments, groups)
+            gamma, beta = self._renorm_gamma_and_beta(*whole, gamma, beta)
             outputs = statistics.normalize_batch(
                 x, moments, gamma, beta, self.epsilon
             )
@@ -442,11 +448,12 @@ class BatchNormalization(keras.layers.Layer):
             outputs, moments = statistics.batch_norm(
                 x, axes, gamma, beta, self.epsilon, mask, reduce
             )
-        if k:
-            outputs = ops.reshape(outputs, inputs_shape)  # ungroup
         batch = statistics.batch_statistics(
             moments, param_shape, self.skip_nonfinite_updates
         )
+        if groups is not None:
+            outputs = ghost.ungroup(outputs, groups)
+            batch = batch._replace(group_sizes=groups.sizes)
         return outputs, batch
 
     def _gamma_and_beta(self, x, channel_axes):
@@ -461,12 +468,12 @@ class BatchNormalization(keras.layers.Layer):
             beta = ops.reshape(ops.cast(self.beta, x.dtype), shape)
         return gamma, beta
 
-    def _renorm_gamma_and_beta(self, moments, gamma, beta):
+    def _renorm_gamma_and_beta(self, mean, variance, gamma, beta):
         # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
-        dtype = moments.variance.dtype
-        shape = ops.shape(moments.variance)
+        dtype = variance.dtype
+        shape = ops.shape(variance)
         r, d = statistics.renorm_corrections(
-            moments.mean, moments.variance,
+            mean, variance,
             ops.reshape(ops.cast(self.renorm_mean, dtype), shape),
             ops.reshape(ops.cast(self.renorm_stddev, dtype), shape),
             self.epsilon, self.renorm_clipping,
@@ -479,13 +486,11 @@ class BatchNormalization(keras.layers.Layer):
         Returns the moving mean and variance after the update and whether any
         channel was updated, for the debug record.
         """
-        mean, variance, count, valid = batch
         if self.virtual_batch_size:
             # The moving statistics follow the average of the virtual batches.
-            valid = ops.all(valid, axis=0)
-            mean = ops.mean(mean, axis=0)
-            variance = ops.mean(variance, axis=0)
-            count = ops.min(count, axis=0) if len(count.shape) else count
+            mean, variance, count, valid = ghost.for_update(batch)
+        else:
+            mean, variance, count, valid = batch[:4]
         if self.unbiased_moving_variance:
             # PyTorch stores n/(n-1) times the biased variance; n=1 skips.
             valid = ops.logical_and(valid, count > 1)

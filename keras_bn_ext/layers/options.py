@@ -42,6 +42,9 @@ class Option:
             `to_torch` raises with it. `None`: `to_torch` maps it.
         explain: value -> the words for a used value in `explain()`'s
             "Options:" line. `None`: not listed there.
+        written_with: the name of another extension option: the config
+            carries this one, default or not, whenever it carries that one
+            (so that a config says it, and tells ours from tf-keras's).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Option:
     keras: Optional[str] = None
     torch: Optional[str] = None
     explain: Optional[Callable[[Any], str]] = None
+    written_with: Optional[str] = None
 
     def is_used(self, value):
         """Whether `value` goes beyond the default (see `used_when`)."""
@@ -112,6 +116,15 @@ _ROWS = (
         torch="PyTorch's BatchNorm has no virtual (ghost) batches",
         explain=lambda size: f"virtual batches of {size}",
     ),
+    # Written whenever virtual_batch_size is: a tf-keras config (strided,
+    # always) is one with virtual batches and without this key.
+    Option(
+        "virtual_batch_grouping", "contiguous",
+        arguments.check_virtual_batch_grouping,
+        keras="Keras 3 has no virtual (ghost) batches",
+        torch="PyTorch's BatchNorm has no virtual (ghost) batches",
+        written_with="virtual_batch_size",
+    ),
     # explain() reports the counter itself ("Updated N times").
     Option(
         "track_updates", False,
@@ -132,12 +145,14 @@ def check(name, value):
 
 
 def extension_config(layer):
-    """The extension options that differ from their default, for the config."""
-    return {
-        option.name: getattr(layer, option.name)
-        for option in EXTENSIONS
-        if getattr(layer, option.name) != option.default
-    }
+    """The extension options that differ from their default (or go with one
+    that does, see `written_with`), for the config."""
+    config = {}
+    for option in EXTENSIONS:
+        value = getattr(layer, option.name)
+        if value != option.default or option.written_with in config:
+            config[option.name] = value
+    return config
 
 
 def used_options(layer):
