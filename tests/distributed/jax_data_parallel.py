@@ -92,4 +92,13 @@ keras_bn_ext.recalibrate(model, [x[:32], x[32:]], verbose=0)
 mean, var = moving(model)
 np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
 np.testing.assert_allclose(var, x.astype(np.float64).var(0), rtol=1e-4)
+
+# diagnose under the distribution: exact numbers, and nothing changes.
+before = [keras.ops.convert_to_numpy(v).copy() for v in model.variables]
+diagnosis = keras_bn_ext.diagnose(model, x + 3.0, batch_size=2 * BATCH)
+assert [(f.layer, f.kind) for f in diagnosis.findings] == [("bn", "data_shift")]
+shift = np.abs((x + 3.0).astype(np.float64).mean(0) - mean) / np.sqrt(var + 1e-3)
+np.testing.assert_allclose(diagnosis["bn"].mean_shift, shift, rtol=1e-3)
+for b, v in zip(before, model.variables):
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
 print("OK", file=sys.stderr)
