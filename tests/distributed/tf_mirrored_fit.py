@@ -101,4 +101,11 @@ np.testing.assert_allclose(
     keras.saving.load_model(path).predict(x, verbose=0), model.predict(x, verbose=0),
     rtol=1e-5, atol=1e-5,
 )
+# 7. diagnose on a model built under the strategy: exact, changes nothing.
+before = [keras.ops.convert_to_numpy(v).copy() for v in model.variables]
+diagnosis = keras_bn_ext.diagnose(model, x + 3.0, batch_size=16)
+shift = 3.0 / np.sqrt(x.astype(np.float64).var(0) + bn.epsilon)
+np.testing.assert_allclose(diagnosis["bn"].mean_shift, shift, rtol=1e-4)
+for b, v in zip(before, model.variables):
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
 print("OK", file=sys.stderr)

@@ -71,6 +71,13 @@ def worker(rank, port, queue):
         keras.ops.convert_to_numpy(bn.moving_mean), data()[0].astype(np.float64).mean(0),
         rtol=1e-6,
     )
+    # diagnose in every process: exact, changes nothing.
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.variables]
+    diagnosis = keras_bn_ext.diagnose(model, data()[0] + 3.0)
+    shift = 3.0 / np.sqrt(data()[0].astype(np.float64).var(0) + bn.epsilon)
+    np.testing.assert_allclose(diagnosis["bn"].mean_shift, shift, rtol=1e-4)
+    for b, v in zip(before, model.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), b)
     if rank == 0:
         path = os.path.join(tempfile.mkdtemp(), "model.keras")
         model.save(path)
