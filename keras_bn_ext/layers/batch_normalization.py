@@ -17,6 +17,7 @@ from keras_bn_ext.debug.freshness import NeverUpdatedCheck
 from keras_bn_ext.debug.records import RecordBuilder
 from keras_bn_ext.layers import ghost
 from keras_bn_ext.layers import options
+from keras_bn_ext.layers import tf_keras
 from keras_bn_ext.layers.arguments import check_axis
 from keras_bn_ext.layers.arguments import check_combinations
 from keras_bn_ext.layers.arguments import check_epsilon
@@ -154,7 +155,7 @@ class BatchNormalization(keras.layers.Layer):
         debug: bool = False,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**tf_keras.pop_arguments(kwargs))
         self.axis = check_axis(axis)
         self.momentum = options.check("momentum", momentum)
         self.epsilon = check_epsilon(epsilon)
@@ -178,12 +179,6 @@ class BatchNormalization(keras.layers.Layer):
             setattr(self, option.name, option.check(arguments[option.name]))
         check_combinations(self)
         self.supports_masking = True
-
-        self.gamma = None
-        self.beta = None
-        self.moving_mean = None
-        self.moving_variance = None
-        self.num_batches_tracked = None
         self._init_private_state()
 
     # Layer.__init__ assigns `supports_jit`; a property lets TensorFlow's
@@ -221,27 +216,10 @@ class BatchNormalization(keras.layers.Layer):
         self._channel_axes = channel_axes
         self._reduction_axes = [i for i in range(ndim) if i not in channel_axes]
         self._param_shape = shape
-
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
+        self._variable_shape = shape
+        if self._from_tf_keras:
+            self._build_as_tf_keras(input_shape)
+        self._add_gamma_and_beta()
         self.moving_mean = self._statistic_weight(
             "moving_mean", self.moving_mean_initializer
         )
@@ -262,6 +240,37 @@ class BatchNormalization(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(
             ndim=ndim, axes={a: input_shape[a] for a in channel_axes}
         )
+
+    def _build_as_tf_keras(self, input_shape):
+        # A layer made from a tf-keras config: its weights in tf-keras's
+        # shapes (so the file's fit), and its fused kernel's moving variance.
+        self._variable_shape = tf_keras.weight_shape(
+            input_shape, self._channel_axes, self.virtual_batch_size
+        )
+        if tf_keras.uses_fused_kernel(self, len(input_shape), self._channel_axes):
+            self.unbiased_moving_variance = True
+
+    def _add_gamma_and_beta(self):
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=self._variable_shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=self._variable_shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
 
     @property
     def needs_update_counter(self):
@@ -285,8 +294,8 @@ class BatchNormalization(keras.layers.Layer):
             outputs, batch = self._batch_norm(x, mask)
             mean, variance = batch.mean, batch.variance
         else:
-            mean = ops.cast(self.moving_mean, x.dtype)
-            variance = ops.cast(self.moving_variance, x.dtype)
+            mean = self._read(self.moving_mean, x.dtype)
+            variance = self._read(self.moving_variance, x.dtype)
 
         # 3. Update the moving statistics.
         updated = None
@@ -329,6 +338,35 @@ class BatchNormalization(keras.layers.Layer):
         config.update(options.extension_config(self))
         return {**base_config, **config}
 
+    @classmethod
+    def from_config(cls, config):
+        """The layer for `config`: this layer's, or a tf-keras (Keras 2)
+        BatchNormalization's (see `keras_bn_ext.layers.tf_keras`), so that
+        `keras.saving.load_model(path, custom_objects={"BatchNormalization":
+        keras_bn_ext.BatchNormalization})` loads tf-keras `.h5` files."""
+        if not tf_keras.is_tf_keras_config(config):
+            return super().from_config(config)
+        layer = super().from_config(tf_keras.to_config(config))
+        layer._from_tf_keras = True
+        return layer
+
+    def set_weights(self, weights):
+        """As Keras's, and weights in tf-keras's shapes fit too."""
+        super().set_weights([
+            tf_keras.fit_shape(value, variable.shape)
+            for value, variable in zip(weights, self.weights)
+        ] + list(weights[len(self.weights):]))
+
+    def load_own_variables(self, store):
+        # Weights saved in tf-keras's shapes (a layer made from a tf-keras
+        # config, then saved) load into this layer's, and back.
+        variables = self._trainable_variables + self._non_trainable_variables
+        store = {key: store[key] for key in store.keys()}
+        for i, variable in enumerate(variables):
+            if str(i) in store:
+                store[str(i)] = tf_keras.fit_shape(store[str(i)], variable.shape)
+        super().load_own_variables(store)
+
     # Debugging API -----------------------------------------------------------
 
     def add_debug_hook(self, fn):
@@ -362,6 +400,15 @@ class BatchNormalization(keras.layers.Layer):
     # Private helpers ---------------------------------------------------------
 
     def _init_private_state(self):
+        # Weights, set by `build`.
+        self.gamma = None
+        self.beta = None
+        self.moving_mean = None
+        self.moving_variance = None
+        self.num_batches_tracked = None
+        # Made from a tf-keras config (see `_build_as_tf_keras`).
+        self._from_tf_keras = False
+        self._variable_shape = None
         # Set by `build`.
         self._channel_axes = None
         self._reduction_axes = None
@@ -392,12 +439,24 @@ class BatchNormalization(keras.layers.Layer):
 
     def _statistic_weight(self, name, initializer):
         return self.add_weight(
-            shape=self._param_shape,
+            shape=self._variable_shape,
             name=name,
             initializer=initializer,
             trainable=False,
             autocast=False,
         )
+
+    def _read(self, variable, dtype):
+        """A weight's value as `dtype`, in the parameter shape."""
+        value = ops.cast(variable, dtype)
+        if self._variable_shape != self._param_shape:  # tf-keras's shapes
+            value = ops.reshape(value, self._param_shape)
+        return value
+
+    def _assign(self, variable, value):
+        if self._variable_shape != self._param_shape:
+            value = ops.reshape(value, self._variable_shape)
+        variable.assign(value)
 
     def _statistics_dtype(self, inputs):
         # BN is prone to overflow with float16/bfloat16 inputs, so statistics
@@ -505,18 +564,18 @@ class BatchNormalization(keras.layers.Layer):
         else:
             new_values = {
                 "moving_mean": statistics.moving_average(
-                    ops.cast(self.moving_mean, dtype), mean, self.momentum, weight
+                    self._read(self.moving_mean, dtype), mean, self.momentum, weight
                 ),
                 "moving_variance": statistics.moving_average(
-                    ops.cast(self.moving_variance, dtype), variance,
+                    self._read(self.moving_variance, dtype), variance,
                     self.momentum, weight,
                 ),
             }
         after = {}
         for name, value in new_values.items():
             variable = getattr(self, name)
-            value = ops.where(valid, value, ops.cast(variable, dtype))
-            variable.assign(value)
+            value = ops.where(valid, value, self._read(variable, dtype))
+            self._assign(variable, value)
             after[name] = value
         any_valid = ops.any(valid)
         if self.num_batches_tracked is not None:
@@ -533,12 +592,12 @@ class BatchNormalization(keras.layers.Layer):
         stddev = ops.sqrt(variance + self.epsilon)
         rm = self.renorm_momentum
         m = self.momentum
-        new_moving_stddev = ops.cast(self.moving_stddev, dtype) * m + stddev * (1.0 - m)
+        new_moving_stddev = self._read(self.moving_stddev, dtype) * m + stddev * (1.0 - m)
         return {
-            "renorm_mean": ops.cast(self.renorm_mean, dtype) * rm + mean * (1.0 - rm),
-            "renorm_stddev": ops.cast(self.renorm_stddev, dtype) * rm
+            "renorm_mean": self._read(self.renorm_mean, dtype) * rm + mean * (1.0 - rm),
+            "renorm_stddev": self._read(self.renorm_stddev, dtype) * rm
             + stddev * (1.0 - rm),
-            "moving_mean": ops.cast(self.moving_mean, dtype) * m + mean * (1.0 - m),
+            "moving_mean": self._read(self.moving_mean, dtype) * m + mean * (1.0 - m),
             "moving_stddev": new_moving_stddev,
             # ReLU in case rounding makes it slightly negative.
             "moving_variance": ops.relu(
