@@ -15,6 +15,7 @@ Python values), so compiled code contains just the chosen branch.
 
 import dataclasses
 import enum
+from typing import Any
 
 MODES = ("auto", "moving", "batch")
 
@@ -25,18 +26,26 @@ class Branch(str, enum.Enum):
     BATCH = "batch"
     MOVING = "moving"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """What `decide_branch` decided for one call.
+
+    Attributes:
+        branch: the statistics the call normalizes with.
+        update: whether the call updates the moving statistics.
+        reason: why, in a sentence a person understands.
+    """
+
     branch: Branch
-    update: bool  # whether the moving statistics are updated by this call
-    reason: str  # a sentence a person understands
+    update: bool
+    reason: str
 
 
-def _as_python_bool(training):
+def _as_python_bool(training: Any) -> bool | None:
     if training is None or isinstance(training, bool):
         return training
     try:  # NumPy bools, 0-d arrays, eager tensors
@@ -48,7 +57,9 @@ def _as_python_bool(training):
         ) from e
 
 
-def decide_branch(training, trainable, mode="auto"):
+def decide_branch(
+    training: bool | None, trainable: bool, mode: str = "auto"
+) -> Decision:
     """Returns the `Decision` for a call.
 
     Args:
@@ -80,7 +91,7 @@ def decide_branch(training, trainable, mode="auto"):
     return _decide_auto(training, trainable)
 
 
-def _decide_batch_mode(training, trainable):
+def _decide_batch_mode(training: bool | None, trainable: bool) -> Decision:
     if training and trainable:
         return Decision(
             Branch.BATCH,
@@ -97,7 +108,7 @@ def _decide_batch_mode(training, trainable):
     )
 
 
-def _decide_auto(training, trainable):
+def _decide_auto(training: bool | None, trainable: bool) -> Decision:
     """Keras's rule."""
     if training and trainable:
         return Decision(

@@ -1,5 +1,8 @@
 """`layer.explain()`: the layer's state and what each kind of call would do."""
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from keras_bn_ext import backend as backend_ops
@@ -17,7 +20,7 @@ def _summary(values, n=6):
     )
 
 
-def explain(layer, option_notes=()):
+def explain(layer: Any, option_notes: Sequence[str] = ()) -> str:
     """The text of `layer.explain()`.
 
     Args:

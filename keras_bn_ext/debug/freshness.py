@@ -8,16 +8,24 @@ what a constant initializer gave (a random initializer leaves no trace).
 
 import functools
 import warnings
+from typing import Any
 
 import numpy as np
 from keras import initializers
 from keras import ops
 
 from keras_bn_ext import backend as backend_ops
+from keras_bn_ext._typing import Tensor
+from keras_bn_ext.debug.stack import user_stacklevel
 
 
 class NeverUpdatedWarning(UserWarning):
-    """Inference ran on moving statistics that were never updated."""
+    """Inference ran on moving statistics that were never updated.
+
+    Given once per layer, pointing at the user's line that ran the inference
+    (a direct call, `predict()`, `evaluate()`). To silence it:
+    `warnings.filterwarnings("ignore", category=keras_bn_ext.NeverUpdatedWarning)`.
+    """
 
 
 def constant_initializer_value(initializer, shape):
@@ -41,7 +49,12 @@ def initial_statistics(layer, shape):
     )
 
 
-def never_updated(layer, moving_mean, moving_variance, num_batches_tracked=None):
+def never_updated(
+    layer: Any,
+    moving_mean: Tensor,
+    moving_variance: Tensor,
+    num_batches_tracked: Tensor = None,
+) -> bool:
     """Whether the given moving statistics are still their initial values."""
     return NeverUpdatedCheck(layer)(moving_mean, moving_variance, num_batches_tracked)
 
@@ -104,7 +117,9 @@ class NeverUpdatedCheck:
     def warn(self):
         if not self.warned:
             self.warned = True
-            warnings.warn(self.message(), NeverUpdatedWarning, stacklevel=3)
+            warnings.warn(
+                self.message(), NeverUpdatedWarning, stacklevel=user_stacklevel()
+            )
 
     def message(self):
         layer = self.layer

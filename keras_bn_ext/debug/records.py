@@ -5,7 +5,6 @@ import functools
 import itertools
 import logging
 import warnings
-from typing import Optional
 
 import keras
 import numpy as np
@@ -14,6 +13,7 @@ from keras import ops
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.debug import registry
 from keras_bn_ext.debug import step_callbacks
+from keras_bn_ext.debug.stack import user_stacklevel
 
 logger = logging.getLogger("keras_bn_ext")
 _record_index = itertools.count()
@@ -51,20 +51,20 @@ class StatsRecord:
     layer: str
     branch: str
     reason: str
-    training: Optional[bool]
+    training: bool | None
     mean: np.ndarray
     variance: np.ndarray
     moving_mean: np.ndarray
     moving_variance: np.ndarray
     updated: bool
-    count: Optional[object]
-    flags: tuple
+    count: int | np.ndarray | None
+    flags: tuple[str, ...]
     backend: str
     index: int
-    num_batches_tracked: Optional[int] = None
-    replica: Optional[int] = None
+    num_batches_tracked: int | None = None
+    replica: int | None = None
 
-    def __str__(self):
+    def __str__(self) -> str:
         flags = ",".join(self.flags) or "-"
         count = "" if self.count is None else f" count={_short(self.count)}"
         return (
@@ -112,7 +112,7 @@ class RecordBuilder:
                     "keras_bn_ext.debug.retrace(model) (debug.capture(model) "
                     "does it for you) before fit/evaluate/predict."
                 )
-                warnings.warn(message, RuntimeWarning, stacklevel=4)
+                warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
                 logger.warning(message)
             return
         layer = self.layer

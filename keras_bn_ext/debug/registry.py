@@ -1,37 +1,56 @@
 """Hook registry and capture: who receives the records."""
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.debug import step_callbacks
 
+if TYPE_CHECKING:
+    import keras
+
+    # records imports this module.
+    from keras_bn_ext.debug.records import StatsRecord
+
+# A debug hook: called with each record; what it returns is ignored.
+Hook = Callable[["StatsRecord"], object]
+
 logger = logging.getLogger("keras_bn_ext")
 
-_global_hooks = {}
-_captures = []
+_global_hooks: dict[int, Hook] = {}
+_captures: list[list[StatsRecord]] = []
 _hook_ids = itertools.count()
 
 
 class HookHandle:
-    """Returned by `add_hook`/`add_debug_hook`; `.remove()` detaches it."""
+    """Returned by `add_hook`/`add_debug_hook`; `.remove()` detaches it.
 
-    def __init__(self, hooks, key):
+    Also a context manager: the hook is removed when the block ends.
+    """
+
+    def __init__(self, hooks: dict[int, Hook], key: int) -> None:
         self._hooks = hooks
         self._key = key
 
-    def remove(self):
+    def remove(self) -> None:
+        """Detaches the hook (again: no effect)."""
         self._hooks.pop(self._key, None)
 
-    def __enter__(self):
+    def __enter__(self) -> HookHandle:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
 
-def add_hook_to(hooks, fn):
+def add_hook_to(hooks: dict[int, Hook], fn: Hook) -> HookHandle:
     if not callable(fn):
         raise ValueError(f"A debug hook must be callable. Received: fn={fn!r}")
     key = next(_hook_ids)
@@ -39,7 +58,7 @@ def add_hook_to(hooks, fn):
     return HookHandle(hooks, key)
 
 
-def add_hook(fn):
+def add_hook(fn: Hook) -> HookHandle:
     """Calls `fn(record)` for every call of every keras_bn_ext layer.
 
     Example:
@@ -55,7 +74,7 @@ def add_hook(fn):
     return add_hook_to(_global_hooks, fn)
 
 
-def reset():
+def reset() -> None:
     """Removes every global hook and ends every active capture.
 
     Per-layer hooks (`layer.add_debug_hook`) stay. A `capture` block that is
@@ -77,12 +96,12 @@ def reset():
     _captures.clear()
 
 
-def is_active():
+def is_active() -> bool:
     """Whether any global hook or capture is active (trace-time check)."""
     return bool(_global_hooks or _captures)
 
 
-def dispatch(record, layer_hooks):
+def dispatch(record: StatsRecord, layer_hooks: Iterable[Hook]) -> None:
     """Sends a record to the layer's hooks (functions), the global hooks and
     captures.
 
@@ -104,7 +123,7 @@ def dispatch(record, layer_hooks):
 
 
 @contextlib.contextmanager
-def capture(model=None):
+def capture(model: keras.Model | None = None) -> Iterator[list[StatsRecord]]:
     """Yields the list of `StatsRecord`s made while the block runs.
 
     Args:
@@ -121,7 +140,7 @@ def capture(model=None):
     >>> [r.branch for r in records], records[0].count
     (['batch'], 4)
     """
-    records = []
+    records: list[StatsRecord] = []
     _captures.append(records)
     if model is not None:
         retrace(model)
@@ -143,7 +162,7 @@ def _debuggable_layers(model):
     ]
 
 
-def retrace(model):
+def retrace(model: keras.Model) -> keras.Model:
     """Drops a model's compiled train/test/predict functions.
 
     Hooks are compiled in when a function is traced, so switching debugging

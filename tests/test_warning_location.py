@@ -1,0 +1,37 @@
+"""Warnings point at the user's line, not at a line inside the library."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bn_ext
+
+
+def _never_updated_warnings(run):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [
+        w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)
+    ]
+
+
+@pytest.mark.parametrize("how", ["direct call", "predict", "evaluate"])
+def test_never_updated_warning_names_the_callers_line(how):
+    x = np.ones((4, 3), "float32")
+    layer = keras_bn_ext.BatchNormalization()
+    model = keras.Sequential([keras.Input((3,)), layer])
+    model.compile(optimizer="sgd", loss="mse")
+    runs = {
+        "direct call": lambda: layer(x),
+        "predict": lambda: model.predict(x, verbose=0),
+        "evaluate": lambda: model.evaluate(x, x, verbose=0),
+    }
+    caught = _never_updated_warnings(runs[how])
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    # The lambda above, in this file: the user's line.
+    assert caught[0].filename == __file__
+    source = open(__file__).read().splitlines()[caught[0].lineno - 1]
+    assert f'"{how}": lambda' in source
