@@ -20,6 +20,8 @@ Statistics kernels:
 Host callbacks and variable reads:
 - `host_callback(fn, payload)`: runs `fn(**numpy_payload)` on the host each time
   the surrounding computation really executes (eager, jit, tf.function).
+- `widest_float()`: the widest float dtype it computes in (float32 on JAX
+  without x64), for accumulators.
 - `flush()`: waits until every callback issued so far has run.
 - `stages_callbacks()`: whether callbacks made now are staged into a
   compiled step (JAX, tf.function), so several can be packed into one.
@@ -43,6 +45,8 @@ Compilation and evaluation:
 """
 
 import importlib
+from typing import TYPE_CHECKING
+from typing import Any
 
 import keras
 
@@ -85,6 +89,7 @@ __all__ = [
     "jit_compatible",
     "set_model_jit",
     "no_grad",
+    "widest_float",
 ]
 
 
@@ -96,3 +101,7 @@ def overrides(module=ops_impl):
 for _name in __all__:
     globals()[_name] = getattr(ops_impl, _name, None) or getattr(_common, _name)
 del _name
+
+if TYPE_CHECKING:
+    # The names above are set in a loop, which a type checker cannot follow.
+    def __getattr__(name: str) -> Any: ...

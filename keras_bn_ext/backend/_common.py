@@ -105,6 +105,11 @@ def replica_id():
     return None
 
 
+def widest_float():
+    """The widest float dtype the backend computes in: "float64"."""
+    return "float64"
+
+
 def flush():
     """Waits until every host callback issued so far has run (JAX runs them
     asynchronously); a no-op where callbacks run inline."""

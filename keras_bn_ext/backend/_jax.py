@@ -64,3 +64,9 @@ def value_moved_to_trainer(variable):
 def call_on_host_if(predicate, fn):
     """Runs `fn()` on the host, at execution time, when `predicate` is true."""
     jax.lax.cond(predicate, lambda: jax.debug.callback(fn), lambda: None)
+
+
+def widest_float():
+    # JAX truncates float64 to float32 (with a warning per call) unless
+    # x64 is enabled.
+    return "float64" if jax.config.read("jax_enable_x64") else "float32"

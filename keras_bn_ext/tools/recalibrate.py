@@ -18,6 +18,7 @@ fvcore's precise BN does, but exactly:
 
 import dataclasses
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -45,7 +46,7 @@ class PopulationStatistics:
         batches: number of batches the layer saw.
     """
 
-    count: object
+    count: int | np.ndarray
     mean: np.ndarray
     variance: np.ndarray
     batches: int
@@ -57,7 +58,13 @@ class _StopForward(BaseException):
     pass
 
 
-def recalibrate(model, data, steps=None, batch_size=32, verbose=1):
+def recalibrate(
+    model: keras.Model,
+    data: Any,
+    steps: int | None = None,
+    batch_size: int = 32,
+    verbose: int = 1,
+) -> dict[str, PopulationStatistics]:
     """Sets every BatchNormalization layer's moving statistics to the exact
     population statistics of its inputs over `data`.
 
@@ -301,8 +308,8 @@ class _Accumulator:
 
     def add(self, inputs, mask):
         """Merges one batch's moments (the layer's own moments function, in
-        the statistics dtype) into the running float64 population ones."""
-        x = keras.ops.cast(inputs, "float64")
+        the widest float dtype) into the running float64 population ones."""
+        x = keras.ops.cast(inputs, backend_ops.widest_float())
         ndim = len(x.shape)
         channel_axes = resolve_axes(self.layer.axis, ndim)
         axes = [i for i in range(ndim) if i not in channel_axes]
