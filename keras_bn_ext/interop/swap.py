@@ -6,6 +6,8 @@ recursing into nested Sequential and functional models, then copies every
 layer's weights. The original model is never modified.
 """
 
+from typing import Literal
+
 import keras
 
 from keras_bn_ext.layers import BatchNormalization
@@ -14,7 +16,9 @@ from keras_bn_ext.layers import options
 TARGETS = ("keras_bn_ext", "keras")
 
 
-def convert_model(model, to="keras_bn_ext"):
+def convert_model(
+    model: keras.Model, to: Literal["keras_bn_ext", "keras"] = "keras_bn_ext"
+) -> keras.Model:
     """Returns a copy of `model` with its batch normalization layers swapped.
 
     Every `keras.layers.BatchNormalization` becomes a

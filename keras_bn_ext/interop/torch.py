@@ -14,10 +14,18 @@ PyTorch is channels-first, so the layer gets `axis=1`. `torch` is imported
 only inside the functions: the package imports without it.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
 import keras
 import numpy as np
 
 from keras_bn_ext.layers import options
+
+if TYPE_CHECKING:
+    from keras_bn_ext.layers import BatchNormalization
 
 _TORCH_CLASSES = {
     # module class name -> input ranks it accepts (the first is the default)
@@ -30,7 +38,11 @@ _LAYOUTS = {2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)", 5: "(N, C, D, H, W)"
 _INT32_MAX = 2**31 - 1
 
 
-def from_torch(module, input_shape=None, name=None):
+def from_torch(
+    module: Any,
+    input_shape: tuple[int | None, ...] | None = None,
+    name: str | None = None,
+) -> BatchNormalization:
     """Builds a `keras_bn_ext.BatchNormalization` from a PyTorch BatchNorm.
 
     The layer gets the module's weights (`weight` -> `gamma`, `bias` ->
@@ -92,7 +104,7 @@ def from_torch(module, input_shape=None, name=None):
     return layer
 
 
-def to_torch(layer):
+def to_torch(layer: BatchNormalization) -> Any:
     """Returns the PyTorch BatchNorm module matching a built layer.
 
     `BatchNorm1d`, `BatchNorm2d` or `BatchNorm3d` is chosen by the rank the

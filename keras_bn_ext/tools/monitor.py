@@ -6,6 +6,8 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -36,8 +38,8 @@ class MonitorRecord:
     source: str
     mean: float
     variance: float
-    mean_channels: tuple
-    variance_channels: tuple
+    mean_channels: tuple[float, ...]
+    variance_channels: tuple[float, ...]
 
 
 class StatsMonitor(keras.callbacks.Callback):
@@ -80,8 +82,14 @@ class StatsMonitor(keras.callbacks.Callback):
     'bn_stats.png'
     """
 
-    def __init__(self, layers=None, every_n_steps=None, batch_stats=False,
-                 channels=4, path=None):
+    def __init__(
+        self,
+        layers: Iterable[str] | None = None,
+        every_n_steps: int | None = None,
+        batch_stats: bool = False,
+        channels: int = 4,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__()
         if every_n_steps is not None and (
             not isinstance(every_n_steps, int) or every_n_steps < 1
@@ -97,32 +105,32 @@ class StatsMonitor(keras.callbacks.Callback):
         self.batch_stats = bool(batch_stats)
         self.channels = int(channels)
         self.path = path
-        self.history = []
+        self.history: list[MonitorRecord] = []
         self._step = 0
         self._epoch = 0
-        self._layers = {}
+        self._layers: dict[str, Any] = {}
 
     # Callback methods ------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self._layers = self._resolve_layers()
         if self.batch_stats:
             self._monitor_train_steps()
         self._record_moving()
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._step += 1
         if self.every_n_steps and self._step % self.every_n_steps == 0:
             self._record_moving()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.every_n_steps is None:
             self._record_moving()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         if self.batch_stats:
             debug.retrace(self.model)  # later calls compile without the hook
         if self.path is not None:
@@ -130,7 +138,9 @@ class StatsMonitor(keras.callbacks.Callback):
 
     # Results ---------------------------------------------------------------
 
-    def records(self, layer=None, source=None):
+    def records(
+        self, layer: str | None = None, source: str | None = None
+    ) -> list[MonitorRecord]:
         """The recorded `MonitorRecord`s, optionally of one layer/source."""
         return [
             r for r in self.history
@@ -138,7 +148,7 @@ class StatsMonitor(keras.callbacks.Callback):
             and (source is None or r.source == source)
         ]
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> str | os.PathLike[str]:
         """Writes the history to `path`: CSV (`.csv`) or JSON (`.json`).
 
         Returns:
@@ -165,7 +175,9 @@ class StatsMonitor(keras.callbacks.Callback):
                 )
         return path
 
-    def plot(self, path, channels=None):
+    def plot(
+        self, path: str | os.PathLike[str], channels: int | None = None
+    ) -> str | os.PathLike[str]:
         """Draws the moving mean and variance of each layer against the
         batch statistics, one row of two plots per layer, as a PNG.
 

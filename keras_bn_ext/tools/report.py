@@ -14,7 +14,9 @@ so it answers "what is in this model I was handed?" at a glance:
 import dataclasses
 import math
 import warnings
-from typing import Optional
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -40,14 +42,14 @@ FLAG_MEANINGS = {
 }
 
 
-def is_batch_norm(layer):
+def is_batch_norm(layer: Any) -> bool:
     """Whether `layer` is a Keras or keras_bn_ext BatchNormalization."""
     return isinstance(
         layer, (keras.layers.BatchNormalization, BatchNormalization)
     )
 
 
-def batch_norm_layers(model):
+def batch_norm_layers(model: Any) -> list[tuple[str, Any]]:
     """`(path, layer)` for every BatchNormalization layer inside `model`.
 
     Nested models and custom layers are searched too; a path names the
@@ -62,7 +64,8 @@ def batch_norm_layers(model):
     >>> [path for path, _ in batch_norm_layers(keras.Sequential([inner]))]
     ['inner/bn']
     """
-    found, seen = [], set()
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
 
     def visit(layer, prefix):
         for sub in layer._flatten_layers(include_self=False, recursive=False):
@@ -104,23 +107,23 @@ class LayerReport:
 
     name: str
     kind: str
-    channels: Optional[int]
-    axis: object
-    momentum: Optional[float]
+    channels: int | None
+    axis: int | list[int]
+    momentum: float | None
     epsilon: float
     trainable: bool
     mode: str
-    updates: Optional[int]
-    mean_min: Optional[float]
-    mean_avg: Optional[float]
-    mean_max: Optional[float]
-    var_min: Optional[float]
-    var_avg: Optional[float]
-    var_max: Optional[float]
-    flags: tuple
+    updates: int | None
+    mean_min: float | None
+    mean_avg: float | None
+    mean_max: float | None
+    var_min: float | None
+    var_avg: float | None
+    var_max: float | None
+    flags: tuple[str, ...]
 
     @property
-    def state(self):
+    def state(self) -> str:
         """How the layer treats its statistics in `fit()`, in a word."""
         if self.mode == "moving":
             return "mode=moving"
@@ -137,17 +140,17 @@ class Report:
         rows: one `LayerReport` per layer, in model order.
     """
 
-    def __init__(self, model_name, rows):
+    def __init__(self, model_name: str, rows: Iterable[LayerReport]) -> None:
         self.model_name = model_name
         self.rows = list(rows)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.rows)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LayerReport]:
         return iter(self.rows)
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> LayerReport:
         """The row of the layer with this path (or plain name)."""
         for row in self.rows:
             if row.name == name or row.name.rsplit("/", 1)[-1] == name:
@@ -155,21 +158,21 @@ class Report:
         raise KeyError(f"No BatchNormalization layer named {name!r}.")
 
     @property
-    def flagged(self):
+    def flagged(self) -> list[LayerReport]:
         """The rows with at least one flag."""
         return [row for row in self.rows if row.flags]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, dict[str, Any]]:
         """`{layer path: row as a dict}`, in model order (JSON-ready)."""
         return {row.name: _jsonable(dataclasses.asdict(row)) for row in self.rows}
 
-    def __str__(self):
+    def __str__(self) -> str:
         return _format_table(self)
 
     __repr__ = __str__
 
 
-def report(model, huge_variance=HUGE_VARIANCE):
+def report(model: keras.Model, huge_variance: float = HUGE_VARIANCE) -> Report:
     """Reports every BatchNormalization layer (Keras's and ours) of a model.
 
     Args:
