@@ -52,18 +52,17 @@ def diagnose(model, data, steps=None, batch_size=32):
         (`LayerDiagnosis` per layer), `.output_gap`, `.plot(path)`,
         `.to_json()`.
 
-    Example:
-
-    >>> import numpy as np, keras, keras_bn_ext
-    >>> model = keras.Sequential([keras.Input((2,)),
-    ...     keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
-    >>> x = np.array([[1.0, 5.0], [5.0, 1.0]] * 32, "float32")  # mean 3, variance 4
-    >>> diagnosis = keras_bn_ext.diagnose(model, x)
-    >>> [(f.layer, f.kind) for f in diagnosis.findings]
-    [('bn', 'never_updated')]
-    >>> row = diagnosis["bn"]  # 3 / sqrt(1 + 0.001), (4 + 0.001) / (1 + 0.001)
-    >>> round(row.mean_shift_max, 3), round(row.variance_ratio_max, 3)
-    (2.999, 3.997)
+    Examples:
+        >>> import numpy as np, keras, keras_bn_ext
+        >>> model = keras.Sequential([keras.Input((2,)),
+        ...     keras.layers.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+        >>> x = np.array([[1.0, 5.0], [5.0, 1.0]] * 32, "float32")  # mean 3, variance 4
+        >>> diagnosis = keras_bn_ext.diagnose(model, x)
+        >>> [(f.layer, f.kind) for f in diagnosis.findings]
+        [('bn', 'never_updated')]
+        >>> row = diagnosis["bn"]  # 3 / sqrt(1 + 0.001), (4 + 0.001) / (1 + 0.001)
+        >>> round(row.mean_shift_max, 3), round(row.variance_ratio_max, 3)
+        (2.999, 3.997)
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(
