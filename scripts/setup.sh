@@ -29,6 +29,10 @@ urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5)
   fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
     ${index[@]+"${index[@]}"} -r requirements-ci.txt
+  # tf-keras (tests/test_tf_keras.py) without its `tensorflow` requirement:
+  # tensorflow-cpu above is the same TensorFlow (see requirements-ci.txt).
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    tf-keras==2.21.0
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi

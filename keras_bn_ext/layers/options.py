@@ -1,10 +1,10 @@
 """The options of `BatchNormalization` beyond Keras's layer, in one table.
 
 One row per extension option, and per Keras argument that has a value Keras's
-layer or PyTorch's BatchNorm cannot express: its default, its check, what
-Keras and PyTorch can express, and how `explain()` words it. The layer's
-`__init__` and `get_config`, `convert_model(to="keras")`, `to_torch` and
-`layer.explain()` read it.
+layer, PyTorch's or Flax's BatchNorm cannot express: its default, its check,
+what Keras, PyTorch and Flax can express, and how `explain()` words it. The
+layer's `__init__` and `get_config`, `convert_model(to="keras")`, `to_torch`,
+`to_flax` and `layer.explain()` read it.
 
 Adding an option: a row here, and the argument in the layer's signature and
 docstring (`tests/test_options_table.py` checks both against this table);
@@ -40,6 +40,8 @@ class Option:
             computes the same, and conversion drops the option.
         torch: why PyTorch's BatchNorm cannot express a used value:
             `to_torch` raises with it. `None`: `to_torch` maps it.
+        flax: why Flax's `nnx.BatchNorm` cannot express a used value:
+            `to_flax` raises with it. `None`: `to_flax` maps or drops it.
         explain: value -> the words for a used value in `explain()`'s
             "Options:" line. `None`: not listed there.
         written_with: the name of another extension option: the config
@@ -54,6 +56,7 @@ class Option:
     used_when: Optional[Callable[[Any], bool]] = None
     keras: Optional[str] = None
     torch: Optional[str] = None
+    flax: Optional[str] = None
     explain: Optional[Callable[[Any], str]] = None
     written_with: Optional[str] = None
 
@@ -78,11 +81,13 @@ _ROWS = (
         "momentum", 0.99, _check_momentum, keras_argument=True,
         used_when=lambda momentum: momentum is None,
         keras="Keras has no cumulative average (momentum=None)",
+        flax="Flax's BatchNorm has no cumulative average (momentum=None)",
         explain=lambda _: "cumulative average (momentum=None)",
     ),
     Option(
         "renorm", False, keras_argument=True,
         torch="PyTorch has no Batch Renormalization",
+        flax="Flax's BatchNorm has no Batch Renormalization",
         explain=lambda _: "batch renormalization",
     ),
     Option(
@@ -90,8 +95,12 @@ _ROWS = (
         torch="to_torch exports a plain BatchNorm; wrap the result with "
         "torch.nn.SyncBatchNorm.convert_sync_batchnorm for synchronized "
         "statistics",
+        flax="Flax's BatchNorm synchronizes over a named device axis that the "
+        "layer does not know; export without synchronized=True, then set the "
+        "module's axis_name",
     ),
-    # explain() names the mode in its first line and its rules.
+    # explain() names the mode in its first line and its rules. to_flax maps
+    # "moving" and refuses "batch" itself.
     Option(
         "mode", "auto", arguments.check_mode,
         keras="Keras has no forced mode; trainable=False freezes the moving "
@@ -103,17 +112,20 @@ _ROWS = (
     Option(
         "unbiased_moving_variance", False,
         keras="Keras always stores the biased variance",
+        flax="Flax's BatchNorm always stores the biased variance",
         explain=lambda _: "unbiased_moving_variance",
     ),
     Option(
         "debias", False,
         keras="Keras has no debiased moving averages",
+        flax="Flax's BatchNorm has no debiased moving averages",
         explain=lambda _: "debias",
     ),
     Option(
         "virtual_batch_size", None, arguments.check_virtual_batch_size,
         keras="Keras 3 has no virtual (ghost) batches",
         torch="PyTorch's BatchNorm has no virtual (ghost) batches",
+        flax="Flax's BatchNorm has no virtual (ghost) batches",
         explain=lambda size: f"virtual batches of {size}",
     ),
     # Written whenever virtual_batch_size is: a tf-keras config (strided,
@@ -123,6 +135,7 @@ _ROWS = (
         arguments.check_virtual_batch_grouping,
         keras="Keras 3 has no virtual (ghost) batches",
         torch="PyTorch's BatchNorm has no virtual (ghost) batches",
+        flax="Flax's BatchNorm has no virtual (ghost) batches",
         written_with="virtual_batch_size",
     ),
     # explain() reports the counter itself ("Updated N times").
@@ -130,6 +143,8 @@ _ROWS = (
         "track_updates", False,
         keras="Keras has no update counter, so `num_batches_tracked` would "
         "be lost",
+        flax="Flax's BatchNorm has no update counter, so `num_batches_tracked` "
+        "would be lost",
     ),
     # Only logs and makes records: dropped.
     Option("debug", False),
