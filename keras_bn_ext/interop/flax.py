@@ -33,12 +33,11 @@ def from_flax(bn, input_shape=None, name=None):
     The layer gets the module's `scale`, `bias`, `mean` and `var` (as
     `gamma`, `beta`, `moving_mean`, `moving_variance`), `axis`, `momentum`
     and `epsilon` as they are, `use_scale`/`use_bias` as `scale`/`center`,
-    `axis_name` as `synchronized=True`, and its dtypes (`param_dtype`
-    float64: a float64 layer; `dtype` float16 or bfloat16 over float32
-    parameters: a mixed precision policy). `use_running_average` is not
-    copied: Keras's `training` argument (and `fit`/`predict`) chooses per
-    call. The initializers, metadata and `rngs` shaped only the module's
-    creation. The values are copied.
+    `axis_name` as `synchronized=True`, its dtypes (`param_dtype` float64:
+    a float64 layer; `dtype` float16/bfloat16: mixed precision). Not
+    copied: `use_running_average` (Keras's `training` argument chooses per
+    call), and what only shaped the module's creation (initializers,
+    metadata, `rngs`). The values are copied.
 
     Args:
         bn: a `flax.nnx.BatchNorm`.
@@ -53,9 +52,8 @@ def from_flax(bn, input_shape=None, name=None):
 
     Raises:
         ImportError: if Flax is not installed.
-        ValueError: for what the layer cannot express: `axis_index_groups`,
-            a custom `promote_dtype`, other dtypes; or an `input_shape`
-            whose channel dimensions do not hold `num_features`.
+        ValueError: naming what the layer cannot express (e.g.
+            `axis_index_groups`), or an `input_shape` that does not fit.
 
     Example:
 
@@ -66,12 +64,7 @@ def from_flax(bn, input_shape=None, name=None):
     >>> layer.axis, layer.momentum, layer.epsilon
     (-1, 0.9, 1e-05)
     """
-    nnx = _import_nnx()
-    if not isinstance(bn, nnx.BatchNorm):
-        raise ValueError(
-            f"from_flax expects a flax.nnx.BatchNorm. Received: bn={type(bn).__name__}"
-        )
-    _check_flax_arguments(bn, nnx)
+    _check_flax_arguments(bn, _import_nnx())
     axis = list(bn.axis) if isinstance(bn.axis, (tuple, list)) else int(bn.axis)
     input_shape = _check_input_shape(axis, int(bn.num_features), input_shape)
 
@@ -88,12 +81,7 @@ def from_flax(bn, input_shape=None, name=None):
         dtype=_keras_dtype(bn),
     )
     layer.build(input_shape)
-    for ours, theirs in _PAIRS:
-        module_variable = getattr(bn, theirs)
-        variable = getattr(layer, ours)
-        if variable is not None and module_variable is not None:
-            value = np.asarray(module_variable[...])
-            variable.assign(value.reshape(variable.shape).astype(variable.dtype))
+    _copy_from_module(layer, bn)
     return layer
 
 
@@ -158,6 +146,15 @@ def to_flax(layer, rngs=None):
 
 # Private helpers ---------------------------------------------------------------
 
+
+def _copy_from_module(layer, bn):
+    for ours, theirs in _PAIRS:
+        module_variable = getattr(bn, theirs)
+        variable = getattr(layer, ours)
+        if variable is not None and module_variable is not None:
+            value = np.asarray(module_variable[...])
+            variable.assign(value.reshape(variable.shape).astype(variable.dtype))
+
 # (layer attribute, module attribute)
 _PAIRS = (
     ("gamma", "scale"),
@@ -179,7 +176,12 @@ def _import_nnx():
 
 
 def _check_flax_arguments(bn, nnx):
-    """Errors for the module's arguments the layer has no counterpart for."""
+    """Errors for anything but an nnx.BatchNorm, and for the module's
+    arguments the layer has no counterpart for."""
+    if not isinstance(bn, nnx.BatchNorm):
+        raise ValueError(
+            f"from_flax expects a flax.nnx.BatchNorm. Received: bn={type(bn).__name__}"
+        )
     if bn.axis_index_groups is not None:
         raise ValueError(
             "The layer synchronizes its statistics over all devices or none; "

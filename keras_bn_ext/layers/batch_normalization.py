@@ -100,7 +100,12 @@ class BatchNormalization(keras.layers.Layer):
             (created anyway when `momentum=None` or `debias=True`).
         debug: If `True`, log one line per call on the `"keras_bn_ext"`
             logger (and make records for hooks).
-        **kwargs: Base layer keyword arguments (e.g. `name` and `dtype`).
+        **kwargs: Base layer keyword arguments (e.g. `name` and `dtype`),
+            and tf-keras's `fused` (accepted, a no-op) and `adjustment`
+            (None only). `from_config` also reads tf-keras's configs, so
+            `keras.saving.load_model(path, custom_objects={
+            "BatchNormalization": keras_bn_ext.BatchNormalization})` loads
+            tf-keras `.h5` files (see docs/migrating.md).
 
     Call arguments:
         inputs: Input tensor of any rank (integers accepted).
