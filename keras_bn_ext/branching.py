@@ -68,12 +68,11 @@ def decide_branch(
         mode: "auto" (Keras's rule), "moving" (always frozen) or "batch"
             (always this batch's statistics).
 
-    Example:
-
-    >>> decide_branch(None, True).branch
-    <Branch.MOVING: 'moving'>
-    >>> decide_branch(True, True).update
-    True
+    Examples:
+        >>> decide_branch(None, True).branch
+        <Branch.MOVING: 'moving'>
+        >>> decide_branch(True, True).update
+        True
     """
     training = _as_python_bool(training)
     if mode not in MODES:

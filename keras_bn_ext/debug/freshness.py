@@ -7,7 +7,6 @@ what a constant initializer gave (a random initializer leaves no trace).
 """
 
 import functools
-import warnings
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,9 @@ from keras import ops
 
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext._typing import Tensor
-from keras_bn_ext.debug.stack import user_stacklevel
+from keras_bn_ext.debug.stack import Location
+from keras_bn_ext.debug.stack import user_location
+from keras_bn_ext.debug.stack import warn_at_user
 
 
 class NeverUpdatedWarning(UserWarning):
@@ -64,9 +65,12 @@ class NeverUpdatedCheck:
     `NeverUpdatedWarning`, given at most once (the layer's seed warning and
     its records share it)."""
 
-    def __init__(self, layer):
+    def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.warned = False
+        # The user's line that last traced the layer, for a warning given
+        # later from a backend's callback thread (no user frame there).
+        self.caller: Location | None = None
 
     @functools.cached_property
     def initial(self):
@@ -114,12 +118,15 @@ class NeverUpdatedCheck:
             ops.all(ops.equal(layer.moving_variance, init_var)),
         )
 
+    def note_caller(self):
+        """Remembers where the user's code is now (call it while tracing)."""
+        self.caller = user_location() or self.caller
+
     def warn(self):
+        """Warns once, pointing at the user's line (see `debug.stack`)."""
         if not self.warned:
             self.warned = True
-            warnings.warn(
-                self.message(), NeverUpdatedWarning, stacklevel=user_stacklevel()
-            )
+            warn_at_user(self.message(), NeverUpdatedWarning, self.caller)
 
     def message(self):
         layer = self.layer

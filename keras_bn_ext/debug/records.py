@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import itertools
 import logging
-import warnings
 
 import keras
 import numpy as np
@@ -13,7 +12,7 @@ from keras import ops
 from keras_bn_ext import backend as backend_ops
 from keras_bn_ext.debug import registry
 from keras_bn_ext.debug import step_callbacks
-from keras_bn_ext.debug.stack import user_stacklevel
+from keras_bn_ext.debug.stack import warn_at_user
 
 logger = logging.getLogger("keras_bn_ext")
 _record_index = itertools.count()
@@ -101,6 +100,8 @@ class RecordBuilder:
 
     def emit(self, decision, training, mean, variance, batch, updated):
         """Adds a host callback that builds a record each time this runs."""
+        # The callback may run on a backend's thread: note the user's line.
+        self.never_updated.note_caller()
         ok, why_not = backend_ops.callbacks_supported()
         if not ok:
             if not self.warned_no_callbacks:
@@ -112,7 +113,7 @@ class RecordBuilder:
                     "keras_bn_ext.debug.retrace(model) (debug.capture(model) "
                     "does it for you) before fit/evaluate/predict."
                 )
-                warnings.warn(message, RuntimeWarning, stacklevel=user_stacklevel())
+                warn_at_user(message, RuntimeWarning)
                 logger.warning(message)
             return
         layer = self.layer

@@ -61,15 +61,14 @@ def add_hook_to(hooks: dict[int, Hook], fn: Hook) -> HookHandle:
 def add_hook(fn: Hook) -> HookHandle:
     """Calls `fn(record)` for every call of every keras_bn_ext layer.
 
-    Example:
-
-    >>> import numpy as np, keras_bn_ext
-    >>> seen = []
-    >>> handle = keras_bn_ext.debug.add_hook(seen.append)
-    >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
-    >>> seen[-1].branch
-    'batch'
-    >>> handle.remove()
+    Examples:
+        >>> import numpy as np, keras_bn_ext
+        >>> seen = []
+        >>> handle = keras_bn_ext.debug.add_hook(seen.append)
+        >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
+        >>> seen[-1].branch
+        'batch'
+        >>> handle.remove()
     """
     return add_hook_to(_global_hooks, fn)
 
@@ -82,15 +81,14 @@ def reset() -> None:
     Useful between tests or notebook cells, so one run's hooks do not see the
     next run's calls.
 
-    Example:
-
-    >>> import numpy as np, keras_bn_ext
-    >>> seen = []
-    >>> _ = keras_bn_ext.debug.add_hook(seen.append)
-    >>> keras_bn_ext.debug.reset()
-    >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
-    >>> seen
-    []
+    Examples:
+        >>> import numpy as np, keras_bn_ext
+        >>> seen = []
+        >>> _ = keras_bn_ext.debug.add_hook(seen.append)
+        >>> keras_bn_ext.debug.reset()
+        >>> _ = keras_bn_ext.BatchNormalization()(np.ones((2, 3)), training=True)
+        >>> seen
+        []
     """
     _global_hooks.clear()
     _captures.clear()
@@ -131,14 +129,13 @@ def capture(model: keras.Model | None = None) -> Iterator[list[StatsRecord]]:
             entry and exit (see `retrace`), so that `fit`/`evaluate`/`predict`
             compiled before the block make records inside it.
 
-    Example:
-
-    >>> import numpy as np, keras_bn_ext
-    >>> layer = keras_bn_ext.BatchNormalization()
-    >>> with keras_bn_ext.debug.capture() as records:
-    ...     _ = layer(np.ones((4, 2)), training=True)
-    >>> [r.branch for r in records], records[0].count
-    (['batch'], 4)
+    Examples:
+        >>> import numpy as np, keras_bn_ext
+        >>> layer = keras_bn_ext.BatchNormalization()
+        >>> with keras_bn_ext.debug.capture() as records:
+        ...     _ = layer(np.ones((4, 2)), training=True)
+        >>> [r.branch for r in records], records[0].count
+        (['batch'], 4)
     """
     records: list[StatsRecord] = []
     _captures.append(records)

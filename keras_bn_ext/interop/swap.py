@@ -45,17 +45,16 @@ def convert_model(
     Returns:
         A new `keras.Model`.
 
-    Example:
-
-    >>> import keras, keras_bn_ext
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
-    ...                           keras.layers.BatchNormalization()])
-    >>> ours = keras_bn_ext.convert_model(model)
-    >>> type(ours.layers[1]).__module__.split(".")[0]
-    'keras_bn_ext'
-    >>> back = keras_bn_ext.convert_model(ours, to="keras")
-    >>> type(back.layers[1]) is keras.layers.BatchNormalization
-    True
+    Examples:
+        >>> import keras, keras_bn_ext
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+        ...                           keras.layers.BatchNormalization()])
+        >>> ours = keras_bn_ext.convert_model(model)
+        >>> type(ours.layers[1]).__module__.split(".")[0]
+        'keras_bn_ext'
+        >>> back = keras_bn_ext.convert_model(ours, to="keras")
+        >>> type(back.layers[1]) is keras.layers.BatchNormalization
+        True
     """
     if to not in TARGETS:
         raise ValueError(f"`to` must be one of {TARGETS}. Received: to={to!r}")

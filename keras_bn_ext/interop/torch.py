@@ -67,15 +67,14 @@ def from_torch(
     Returns:
         A built `keras_bn_ext.BatchNormalization`.
 
-    Example:
-
-    >>> import torch, keras_bn_ext
-    >>> bn = torch.nn.BatchNorm2d(8, momentum=0.1)
-    >>> layer = keras_bn_ext.interop.from_torch(bn)
-    >>> layer.axis, layer.momentum, layer.unbiased_moving_variance
-    (1, 0.9, True)
-    >>> tuple(layer.moving_mean.shape)
-    (8,)
+    Examples:
+        >>> import torch, keras_bn_ext
+        >>> bn = torch.nn.BatchNorm2d(8, momentum=0.1)
+        >>> layer = keras_bn_ext.interop.from_torch(bn)
+        >>> layer.axis, layer.momentum, layer.unbiased_moving_variance
+        (1, 0.9, True)
+        >>> tuple(layer.moving_mean.shape)
+        (8,)
     """
     import torch
 
@@ -135,14 +134,13 @@ def to_torch(layer: BatchNormalization) -> Any:
             option whose row in `keras_bn_ext.layers.options` gives a `torch`
             reason (`renorm=True`, `synchronized=True`, `virtual_batch_size`).
 
-    Example:
-
-    >>> import numpy as np, keras_bn_ext
-    >>> layer = keras_bn_ext.BatchNormalization(axis=1, momentum=0.9)
-    >>> _ = layer(np.ones((2, 4, 5), "float32"), training=True)
-    >>> module = keras_bn_ext.interop.to_torch(layer)
-    >>> type(module).__name__, module.num_features, round(module.momentum, 6)
-    ('BatchNorm1d', 4, 0.1)
+    Examples:
+        >>> import numpy as np, keras_bn_ext
+        >>> layer = keras_bn_ext.BatchNormalization(axis=1, momentum=0.9)
+        >>> _ = layer(np.ones((2, 4, 5), "float32"), training=True)
+        >>> module = keras_bn_ext.interop.to_torch(layer)
+        >>> type(module).__name__, module.num_features, round(module.momentum, 6)
+        ('BatchNorm1d', 4, 0.1)
     """
     import torch
 

@@ -62,24 +62,23 @@ class StatsMonitor(keras.callbacks.Callback):
         channels: how many leading channels to keep besides the average.
         path: if given, `save(path)` when training ends (`.csv` or `.json`).
 
-    Example:
-
-    >>> import numpy as np, keras, keras_bn_ext
-    >>> model = keras.Sequential([keras.Input((3,)),
-    ...     keras_bn_ext.BatchNormalization(name="bn"), keras.layers.Dense(1)])
-    >>> model.compile("sgd", "mse")
-    >>> monitor = keras_bn_ext.callbacks.StatsMonitor(every_n_steps=2,
-    ...                                               batch_stats=True)
-    >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=2,
-    ...               verbose=0, callbacks=[monitor])
-    >>> [r.step for r in monitor.records("bn", "moving")]
-    [0, 2, 4]
-    >>> [r.step for r in monitor.records("bn", "batch")]
-    [1, 2, 3, 4]
-    >>> monitor.save("bn_stats.csv")  # doctest: +SKIP
-    'bn_stats.csv'
-    >>> monitor.plot("bn_stats.png")  # doctest: +SKIP
-    'bn_stats.png'
+    Examples:
+        >>> import numpy as np, keras, keras_bn_ext
+        >>> model = keras.Sequential([keras.Input((3,)),
+        ...     keras_bn_ext.BatchNormalization(name="bn"), keras.layers.Dense(1)])
+        >>> model.compile("sgd", "mse")
+        >>> monitor = keras_bn_ext.callbacks.StatsMonitor(every_n_steps=2,
+        ...                                               batch_stats=True)
+        >>> _ = model.fit(np.ones((8, 3)), np.ones((8, 1)), batch_size=2,
+        ...               verbose=0, callbacks=[monitor])
+        >>> [r.step for r in monitor.records("bn", "moving")]
+        [0, 2, 4]
+        >>> [r.step for r in monitor.records("bn", "batch")]
+        [1, 2, 3, 4]
+        >>> monitor.save("bn_stats.csv")  # doctest: +SKIP
+        'bn_stats.csv'
+        >>> monitor.plot("bn_stats.png")  # doctest: +SKIP
+        'bn_stats.png'
     """
 
     def __init__(

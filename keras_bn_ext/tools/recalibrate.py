@@ -97,17 +97,16 @@ def recalibrate(
         `{layer path: PopulationStatistics}` for every recalibrated layer, in
         the order the model runs them.
 
-    Example:
-
-    >>> import numpy as np, keras, keras_bn_ext
-    >>> model = keras.Sequential([keras.Input((2,)),
-    ...     keras.layers.BatchNormalization(name="bn")])
-    >>> batches = [np.array([[0., 10.], [2., 10.]]), np.array([[4., 20.]])]
-    >>> stats = keras_bn_ext.recalibrate(model, batches, verbose=0)
-    >>> stats["bn"].count, stats["bn"].mean
-    (3, array([ 2.        , 13.33333333]))
-    >>> np.round(keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance), 4)
-    array([ 2.6667, 22.2222], dtype=float32)
+    Examples:
+        >>> import numpy as np, keras, keras_bn_ext
+        >>> model = keras.Sequential([keras.Input((2,)),
+        ...     keras.layers.BatchNormalization(name="bn")])
+        >>> batches = [np.array([[0., 10.], [2., 10.]]), np.array([[4., 20.]])]
+        >>> stats = keras_bn_ext.recalibrate(model, batches, verbose=0)
+        >>> stats["bn"].count, stats["bn"].mean
+        (3, array([ 2.        , 13.33333333]))
+        >>> np.round(keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance), 4)
+        array([ 2.6667, 22.2222], dtype=float32)
     """
     batches = _Batches(data, steps, batch_size)
     order, calls = _execution_order(model, batches)

@@ -56,13 +56,12 @@ def batch_norm_layers(model: Any) -> list[tuple[str, Any]]:
     enclosing layers, e.g. `"backbone/bn1"`. Each layer appears once, in the
     order the model lists its layers.
 
-    Example:
-
-    >>> import keras
-    >>> inner = keras.Sequential([keras.Input((2,)),
-    ...     keras.layers.BatchNormalization(name="bn")], name="inner")
-    >>> [path for path, _ in batch_norm_layers(keras.Sequential([inner]))]
-    ['inner/bn']
+    Examples:
+        >>> import keras
+        >>> inner = keras.Sequential([keras.Input((2,)),
+        ...     keras.layers.BatchNormalization(name="bn")], name="inner")
+        >>> [path for path, _ in batch_norm_layers(keras.Sequential([inner]))]
+        ['inner/bn']
     """
     found: list[tuple[str, Any]] = []
     seen: set[int] = set()
@@ -184,14 +183,13 @@ def report(model: keras.Model, huge_variance: float = HUGE_VARIANCE) -> Report:
         per layer; `.to_dict()` maps layer paths to plain dicts;
         `.flagged` lists the layers with problems.
 
-    Example:
-
-    >>> import keras, keras_bn_ext
-    >>> model = keras.Sequential([keras.Input((3,)),
-    ...     keras.layers.BatchNormalization(name="bn")])
-    >>> rows = keras_bn_ext.report(model).rows
-    >>> rows[0].name, rows[0].channels, rows[0].flags
-    ('bn', 3, ('never_updated',))
+    Examples:
+        >>> import keras, keras_bn_ext
+        >>> model = keras.Sequential([keras.Input((3,)),
+        ...     keras.layers.BatchNormalization(name="bn")])
+        >>> rows = keras_bn_ext.report(model).rows
+        >>> rows[0].name, rows[0].channels, rows[0].flags
+        ('bn', 3, ('never_updated',))
     """
     return Report(
         model.name,
