@@ -53,6 +53,11 @@ class BatchNormalization(keras.layers.Layer):
     `x / sqrt(1 + epsilon)`: the layer warns when that happens
     (`NeverUpdatedWarning`) and `layer.explain()` says so.
 
+    Saved models: `import keras_bn_ext` before `keras.saving.load_model`.
+    The import registers the layer with Keras; without it, loading fails with
+    Keras's generic "Could not locate class 'BatchNormalization'" error
+    followed by the model's whole config.
+
     Args:
         axis: Integer or list of integers, the channel axis (or axes) to keep.
             After a `Conv2D` with `data_format="channels_first"` use `axis=1`.
@@ -116,14 +121,13 @@ class BatchNormalization(keras.layers.Layer):
             axis (the natural mask for any `axis`), Keras's convention
             `inputs.shape[:-1]`, or the full rank of `inputs`; broadcastable.
 
-    Example:
-
-    >>> import numpy as np, keras, keras_bn_ext
-    >>> layer = keras_bn_ext.BatchNormalization(axis=1)
-    >>> x = np.arange(4, dtype="float32").reshape((2, 2))
-    >>> np.round(keras.ops.convert_to_numpy(layer(x, training=True)), 4)
-    array([[-0.9995, -0.9995],
-           [ 0.9995,  0.9995]], dtype=float32)
+    Examples:
+        >>> import numpy as np, keras, keras_bn_ext
+        >>> layer = keras_bn_ext.BatchNormalization(axis=1)
+        >>> x = np.arange(4, dtype="float32").reshape((2, 2))
+        >>> np.round(keras.ops.convert_to_numpy(layer(x, training=True)), 4)
+        array([[-0.9995, -0.9995],
+               [ 0.9995,  0.9995]], dtype=float32)
 
     Reference:
         - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
@@ -279,6 +283,8 @@ class BatchNormalization(keras.layers.Layer):
 
     @property
     def needs_update_counter(self):
+        """Whether the layer keeps `num_batches_tracked` (asked for with
+        `track_updates`, or needed by `momentum=None` or `debias=True`)."""
         return self.track_updates or self.momentum is None or self.debias
 
     def compute_output_shape(self, input_shape):
