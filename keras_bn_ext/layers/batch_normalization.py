@@ -195,6 +195,8 @@ class BatchNormalization(keras.layers.Layer):
     # debugging is on, and XLA otherwise.
     @property
     def supports_jit(self):
+        """Whether Keras may XLA-compile this layer now (not while it makes
+        debug records on TensorFlow: XLA cannot call back to Python)."""
         return self._supports_jit and backend_ops.jit_compatible(self.debugging)
 
     @supports_jit.setter
