@@ -27,9 +27,11 @@ class StatsRecord:
         branch: `"batch"` (this batch's statistics) or `"moving"`.
         reason: why that branch, in a sentence.
         training: the `training` argument the call received.
-        mean, variance: the statistics used to normalize (NumPy; shape
-            `(G, C)` with `G` virtual batches).
-        moving_mean, moving_variance: the moving statistics after the call.
+        mean: the mean used to normalize (NumPy; shape `(G, C)` with `G`
+            virtual batches).
+        variance: the variance used to normalize (same shape).
+        moving_mean: the moving mean after the call.
+        moving_variance: the moving variance after the call.
         updated: whether the moving statistics were updated.
         count: elements reduced per channel (batch branch; over the global
             batch when synchronized): an `int`, or with a mask, whose counts

@@ -28,8 +28,10 @@ class MonitorRecord:
         layer: the layer's path in the model.
         source: `"moving"` (the moving statistics after `step` steps) or
             `"batch"` (the statistics of the batch of step `step`).
-        mean, variance: averages over channels.
-        mean_channels, variance_channels: the first few channels.
+        mean: the mean, averaged over channels.
+        variance: the variance, averaged over channels.
+        mean_channels: the mean of the first few channels.
+        variance_channels: the variance of the first few channels.
     """
 
     step: int

@@ -98,9 +98,13 @@ class LayerReport:
         mode: `"auto"`, `"moving"` or `"batch"` (always `"auto"` for Keras).
         updates: the update counter `num_batches_tracked`, if the layer
             keeps one, else None.
-        mean_min, mean_avg, mean_max: moving mean over channels (NaNs
-            left out; NaN if all are).
-        var_min, var_avg, var_max: moving variance over channels (same).
+        mean_min: smallest moving mean over channels (NaNs left out; NaN
+            if all are).
+        mean_avg: average moving mean over channels (same).
+        mean_max: largest moving mean over channels (same).
+        var_min: smallest moving variance over channels (same).
+        var_avg: average moving variance over channels (same).
+        var_max: largest moving variance over channels (same).
         flags: problems found, keys of `FLAG_MEANINGS`.
     """
 
