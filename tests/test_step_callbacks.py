@@ -66,3 +66,20 @@ def test_packed_records_keep_counts_flags_and_moving_statistics():
         assert record.flags == ("never_updated",)
         np.testing.assert_array_equal(record.moving_variance, np.ones(4))
         assert record.updated is False
+
+
+def test_virtual_batches_in_fit_with_a_remainder():
+    # TensorFlow traces fit with a None batch (virtual batches padded and
+    # masked, their shapes unknown when traced): the records still come,
+    # with the same counts as on the other backends.
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras_bn_ext.BatchNormalization(virtual_batch_size=4, name="ghost"),
+    ])
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype("float32")
+    with keras_bn_ext.debug.capture(model) as records:
+        model.fit(x, x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert [r.count for r in records] == [4, 2]  # 8 = 4 + 4, then 2 left
+    assert [r.mean.shape for r in records] == [(2, 4), (1, 4)]
+    np.testing.assert_allclose(records[1].mean[0], x[8:].mean(axis=0), atol=1e-6)

@@ -36,7 +36,8 @@ class StatsRecord:
         count: elements reduced per channel (batch branch; over the global
             batch when synchronized): an `int`, or with a mask, whose counts
             differ per channel, an int array of the statistics' shape.
-            None in the moving branch.
+            With virtual batches, per virtual batch (an array when they
+            differ, e.g. a smaller last one). None in the moving branch.
         flags: e.g. "never_updated", "nonfinite", "empty_batch",
             "empty_channel", "tiny_variance", "update_skipped".
         backend: the Keras backend.
@@ -148,6 +149,8 @@ class RecordBuilder:
             reason=decision.reason,
             training=training if isinstance(training, (bool, type(None))) else bool(training),
             wants_update=decision.update,
+            # Virtual batches: counts per virtual batch and channel.
+            ghost=batch is not None and getattr(batch, "group_sizes", None) is not None,
         )
         step_callbacks.host_callback(functools.partial(self.on_host, static), payload)
 
@@ -167,6 +170,11 @@ class RecordBuilder:
                 flags.append("empty_channel")
             if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))):
                 flags.append("nonfinite")
+            if static["ghost"] and np.all(count == count.flat[0]):
+                # Every virtual batch counted the same (TensorFlow's None
+                # batch pads and masks even when it divides): one number,
+                # as on the other backends.
+                count = count.flat[0]
             count = int(count) if count.ndim == 0 else count.astype(int)
         if np.any(np.asarray(variance) < layer.epsilon):
             flags.append("tiny_variance")

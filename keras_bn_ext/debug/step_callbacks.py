@@ -63,7 +63,14 @@ def _issue(queued):
     for payload in payloads:
         fields = []
         for key, value in payload.items():
-            fields.append((key, tuple(value.shape), str(value.dtype)))
+            shape = tuple(value.shape)
+            if None in shape:
+                # Unknown when traced (TF's None batch, e.g. per virtual
+                # batch counts): the shape travels in the packed array.
+                tensors.append(ops.stack(
+                    [ops.cast(d, packed_dtype) for d in ops.shape(value)]
+                ))
+            fields.append((key, shape, str(value.dtype)))
             tensors.append(ops.reshape(ops.cast(value, packed_dtype), [-1]))
         layout.append(fields)
     packed = ops.concatenate(tensors) if len(tensors) > 1 else tensors[0]
@@ -78,6 +85,9 @@ def _unpack_and_run(functions, layout, packed):
     for fn, fields in zip(functions, layout):
         values = {}
         for key, shape, dtype in fields:
+            if None in shape:
+                shape = tuple(int(d) for d in packed[offset:offset + len(shape)])
+                offset += len(shape)
             size = int(np.prod(shape, dtype=np.int64))
             flat = packed[offset:offset + size]
             offset += size
