@@ -34,7 +34,10 @@ def _cast(value, dtype):
     if isinstance(value, keras.Variable):
         if value.dtype == dtype:
             return value.value
-    elif keras.backend.standardize_dtype(value.dtype) == dtype:
+    elif (
+        ops.is_tensor(value)  # not NumPy: cast converts it
+        and keras.backend.standardize_dtype(value.dtype) == dtype
+    ):
         return value
     return ops.cast(value, dtype)
 
@@ -633,8 +636,8 @@ class BatchNormalization(keras.layers.Layer):
         }
 
     def _normalize_moving(self, x, mean, variance):
-        gamma = _cast(self.gamma, x.dtype) if self.scale else None
-        beta = _cast(self.beta, x.dtype) if self.center else None
+        gamma = self._read(self.gamma, x.dtype) if self.scale else None
+        beta = self._read(self.beta, x.dtype) if self.center else None
         shape = self._broadcast_shape(x)
         if shape[-len(self._param_shape):] == list(self._param_shape):
             shape = None  # channels last: the vectors broadcast as they are
