@@ -1,4 +1,4 @@
-"""The seed question, asked of keras_bn_ext: why does predict() not normalize?
+"""Asked of keras_bn_ext: why does predict() not normalize?
 
     KERAS_BACKEND=jax python examples/seed_question.py   (or tensorflow, torch)
 

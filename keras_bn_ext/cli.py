@@ -42,7 +42,7 @@ def _parser():
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="Reproduce and explain the seed question (predict() on a "
+        "demo", help="Reproduce and explain the classic BatchNorm surprise (predict() on a "
         "fresh BatchNormalization returns x / sqrt(1 + epsilon))."
     )
     demo.add_argument("--backend", choices=BACKENDS,

@@ -1,4 +1,4 @@
-"""The seed question, answered by the layer itself.
+"""Why does predict() not normalize? Answered by the layer itself.
 
 A user builds the smallest model, calls `predict()` on [[0, 1], [2, 3]] and
 expects [[-1, -1], [1, 1]]; Keras returns the input divided by
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def run_demo():
-    """Prints the seed question, its explanation and two ways out."""
+    """Prints the question, its explanation and two ways out."""
     import keras
 
     print(f"keras_bn_ext demo on the {keras.backend.backend()} backend "
@@ -36,7 +36,7 @@ def _seed_question():
 
     import keras_bn_ext
 
-    _rule("1. The seed question")
+    _rule("1. The question: why does predict() not normalize?")
     print("X_input = keras.Input((2,))")
     print("X = keras_bn_ext.BatchNormalization(axis=1)(X_input)")
     print("model1 = keras.Model(inputs=X_input, outputs=X)")
