@@ -51,17 +51,15 @@ def from_torch(
     `1 - m`; `None` stays a cumulative average), with `axis=1`
     (channels first) and `unbiased_moving_variance=True`, so that training
     and inference give PyTorch's numbers. `affine=False` gives
-    `center=scale=False`; `track_running_stats=False` gives `mode="batch"`
-    (batch statistics in inference too). The values are copied: the layer
-    and the module do not share memory.
+    `center=scale=False`; `track_running_stats=False` gives `mode="batch"`.
+    The values are copied: the layer and the module share no memory.
 
     Args:
         module: a `torch.nn.BatchNorm1d`, `BatchNorm2d` or `BatchNorm3d`.
-        input_shape: the shape the layer is built for (the batch dimension
-            may be `None`). Only needed for `BatchNorm1d` on `(N, C, L)`
-            inputs: by default `BatchNorm1d` is built for `(N, C)`,
-            `BatchNorm2d` for `(N, C, H, W)`, `BatchNorm3d` for
-            `(N, C, D, H, W)`.
+        input_shape: the shape the layer is built for (batch dimension may
+            be `None`); needed only for `BatchNorm1d` on `(N, C, L)`
+            inputs (the default is `(N, C)`, `(N, C, H, W)` or
+            `(N, C, D, H, W)`).
         name: optional name of the layer.
 
     Returns:
@@ -82,7 +80,6 @@ def from_torch(
     input_shape = _check_input_shape(kind, int(module.num_features), input_shape)
     running = bool(module.track_running_stats) and module.running_mean is not None
     dtype = "float64" if _torch_float_dtype(module, torch) == torch.float64 else None
-
     from keras_bn_ext.layers import BatchNormalization
 
     layer = BatchNormalization(
