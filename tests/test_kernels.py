@@ -11,6 +11,7 @@ gradient of a gradient) the same way.
 import keras
 import numpy as np
 import pytest
+from autodiff import gradients
 from helpers import to_numpy
 from keras import ops
 
@@ -18,26 +19,6 @@ import keras_bn_ext
 from keras_bn_ext import statistics
 
 BACKEND = keras.backend.backend()
-
-
-def gradients(f, args):
-    """Gradients of the scalar `f(*args)` with respect to every argument."""
-    if BACKEND == "jax":
-        import jax
-
-        return [np.asarray(g) for g in jax.grad(f, argnums=tuple(range(len(args))))(*args)]
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(a) for a in args]
-        with tf.GradientTape() as tape:
-            tape.watch(tensors)
-            loss = f(*tensors)
-        return [g.numpy() for g in tape.gradient(loss, tensors)]
-    import torch
-
-    tensors = [torch.tensor(a, requires_grad=True) for a in args]
-    return [g.numpy() for g in torch.autograd.grad(f(*tensors), tensors)]
 
 
 def second_order(f, args):
