@@ -289,6 +289,123 @@ def test_every_data_form_gives_the_same_diagnosis():
         assert keras_bn_ext.diagnose(model, endless.repeat(), steps=3).batches == 3
 
 
+def _two_input_model():
+    """Inputs a and b (called with a list or by name), added, then a
+    BatchNormalization layer."""
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Add()([a, b]))
+    return keras.Model([a, b], outputs)
+
+
+def _same_measurements(got, want, name):
+    assert got.batches == want.batches, name
+    for a, b in zip(got.layers, want.layers):
+        np.testing.assert_allclose(a.mean_shift, b.mean_shift, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(a.variance_ratio, b.variance_ratio, rtol=1e-6,
+                                   err_msg=name)
+
+
+def test_whole_arrays_are_read_as_fit_reads_them():
+    model = _model()
+    x = _data(96, mean=1.0, std=2.0)
+    y, weights = np.zeros((96, 3), "float32"), np.ones(96, "float32")
+    batches = [x[i:i + 32] for i in range(0, 96, 32)]
+    want = keras_bn_ext.diagnose(model, batches)
+    shift, ratio = _expected_gap(batches, *moving_statistics(model.get_layer("bn1")))
+    np.testing.assert_allclose(want["bn1"].mean_shift, shift, rtol=1e-5)
+    np.testing.assert_allclose(want["bn1"].variance_ratio, ratio, rtol=1e-5)
+    forms = {
+        "(x, y)": (x, y), "(x, y, sample_weight)": (x, y, weights),
+        "(x, None)": (x, None), "[x, y]": [x, y],
+        "[x, y] as tensors": [keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)],
+    }
+    for name, data in forms.items():
+        _same_measurements(keras_bn_ext.diagnose(model, data), want, name)
+    # Batches of the same shape stay batches: two of them are not (x, y).
+    assert keras_bn_ext.diagnose(model, batches[:2]).batches == 2
+    assert keras_bn_ext.diagnose(model, [(b, y[:32]) for b in batches[:2]]).batches == 2
+
+
+def test_named_and_several_inputs_as_whole_arrays():
+    model = _two_input_model()
+    xa, xb = _data(64, mean=1.0, seed=1), _data(64, mean=2.0, seed=2)
+    batches = [{"a": xa[i:i + 16], "b": xb[i:i + 16]} for i in range(0, 64, 16)]
+    want = keras_bn_ext.diagnose(model, batches)
+    sums = [b["a"] + b["b"] for b in batches]
+    shift, ratio = _expected_gap(sums, np.zeros(4), np.ones(4))
+    np.testing.assert_allclose(want["bn"].mean_shift, shift, rtol=1e-5)
+    np.testing.assert_allclose(want["bn"].variance_ratio, ratio, rtol=1e-5)
+    y = np.zeros((64, 4), "float32")
+    # A dict, and (as fit(x=[a, b]) reads them) a list of the model's 2 inputs.
+    for name, data in {"dict": {"a": xa, "b": xb}, "(dict, y)": ({"a": xa, "b": xb}, y),
+                       "[xa, xb]": [xa, xb], "((xa, xb), y)": ((xa, xb), y)}.items():
+        _same_measurements(keras_bn_ext.diagnose(model, data, batch_size=16), want, name)
+
+
+def test_table_lists_each_layers_own_findings(tmp_path):
+    model = _model()
+    keras_bn_ext.recalibrate(model, _data(512), verbose=0)
+    diagnosis = keras_bn_ext.diagnose(model, _data(96, mean=3.0, std=2.0), batch_size=16)
+    assert diagnosis.kinds() == ["data_shift", "small_batch", "small_batch"]
+    assert diagnosis["backbone/bn2"].inherited_from == "bn1"
+    rows = {line.split()[0]: line for line in str(diagnosis).splitlines()
+            if line.startswith("  bn1 ") or line.startswith("  backbone/bn2 ")}
+    assert rows["bn1"].endswith("data_shift; small_batch")
+    assert rows["backbone/bn2"].endswith("small_batch; gap inherited from bn1")
+
+
+def _recalibrated_with_nan(value):
+    model = _model()
+    x = _data(128)
+    keras_bn_ext.recalibrate(model, x, verbose=0)
+    variance = to_numpy(model.get_layer("bn1").moving_variance).copy()
+    variance[1] = value
+    model.get_layer("bn1").moving_variance.assign(variance)
+    return model, x
+
+
+@pytest.mark.parametrize("value", [np.nan, -0.5])
+def test_non_finite_inputs_from_an_upstream_layer_are_inherited(value):
+    model, x = _recalibrated_with_nan(value)
+    diagnosis = keras_bn_ext.diagnose(model, x)
+    assert [(f.layer, f.kind) for f in diagnosis.findings] == [("bn1", "bad_variance")]
+    bn2 = diagnosis["backbone/bn2"]
+    # Dense mixes bn1's NaN channel into all of bn2's inputs in inference
+    # mode only; batch-statistics mode never reads bn1's moving variance.
+    assert bn2.nonfinite_input_channels == 6 and bn2.own_nonfinite_input_channels == 0
+    assert bn2.inherited_from == "bn1"
+    row = next(line for line in str(diagnosis).splitlines()
+               if line.startswith("  backbone/bn2 "))
+    assert row.endswith("non-finite inputs from bn1")
+    # bn1's summaries skip the NaN channel; the table says it is there.
+    bn1 = diagnosis["bn1"]
+    assert np.isnan(bn1.mean_shift[1]) and np.isfinite(bn1.mean_shift_max)
+    assert bn1.mean_shift_max == np.nanmax(bn1.mean_shift)
+    assert "(1 nan)" in next(line for line in str(diagnosis).splitlines()
+                             if line.startswith("  bn1 "))
+
+
+def test_non_finite_data_is_found_at_the_first_layer_only():
+    model = _model()
+    x = _data(64)
+    keras_bn_ext.recalibrate(model, x, verbose=0)
+    x[5, 2] = np.nan
+    diagnosis = keras_bn_ext.diagnose(model, x)
+    assert [(f.layer, f.kind) for f in diagnosis.findings] == [("bn1", "bad_variance")]
+    assert diagnosis.findings[0].numbers["nonfinite_input_channels"] == 1
+    bn2 = diagnosis["backbone/bn2"]
+    assert bn2.own_nonfinite_input_channels == 6 and bn2.inherited_from == "bn1"
+
+
+def test_output_gap_and_small_batch_wording():
+    model = _model()
+    diagnosis = keras_bn_ext.diagnose(model, _data(4), batch_size=1)
+    gap = diagnosis.output_gap
+    assert type(gap.predictions_changed) is float and "np." not in repr(gap)
+    small = next(f for f in diagnosis.findings if f.kind == "small_batch")
+    assert small.summary.startswith("1 element per channel per batch")
+
+
 def test_table_json_and_plot(tmp_path):
     model = _model()
     diagnosis = keras_bn_ext.diagnose(model, _data(64, mean=3.0))
@@ -308,10 +425,28 @@ def test_table_json_and_plot(tmp_path):
 
 def test_bad_arguments_are_named():
     model = _model()
+    x = _data(8)
     with pytest.raises(ValueError, match="Received: batch_size=0"):
-        keras_bn_ext.diagnose(model, _data(8), batch_size=0)
+        keras_bn_ext.diagnose(model, x, batch_size=0)
     with pytest.raises(ValueError, match="no batch"):
         keras_bn_ext.diagnose(model, [])
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"positive integer or None. Received: steps={steps}"):
+            keras_bn_ext.diagnose(model, x, steps=steps)
+    with pytest.raises(ValueError, match="must be a Keras model. Received: model=None"):
+        keras_bn_ext.diagnose(None, x)
+    with pytest.raises(ValueError, match=r"model='m.keras' of type str.*load_model\('m.keras'\)"):
+        keras_bn_ext.diagnose("m.keras", x)
+    for data, received in ((None, "data=None of type NoneType"), (3, "data=3 of type int")):
+        with pytest.raises(ValueError, match=f"`data` must be arrays.*Received: {received}"):
+            keras_bn_ext.diagnose(model, data)
+    with pytest.raises(ValueError, match="not a file path.*Received: data='x.npy' of type str"):
+        keras_bn_ext.diagnose(model, "x.npy")
+    with pytest.raises(ValueError, match="same number of rows.*keys \\['a', 'b'\\]"):
+        keras_bn_ext.diagnose(_two_input_model(), {"a": x, "b": x[:4]})
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="plain")
+    with pytest.raises(ValueError, match="Model 'plain' has no BatchNormalization layer"):
+        keras_bn_ext.diagnose(plain, x)
 
 
 def test_docstring_example():

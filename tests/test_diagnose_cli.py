@@ -14,6 +14,7 @@ from helpers import run_example
 
 import keras_bn_ext
 from keras_bn_ext.cli import main
+from keras_bn_ext.tools import diagnose_cli
 
 
 def _saved(tmp_path):
@@ -72,6 +73,33 @@ def test_bad_data_files_are_one_line_errors(tmp_path, capsys):
     assert "Received: 0" in capsys.readouterr().err
     assert main(["diagnose", str(tmp_path / "nope.keras"), str(tmp_path / "x.npy")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_bad_options_fail_before_the_work(tmp_path, capsys, monkeypatch):
+    path, x = _saved(tmp_path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "none.npy", x[:0])
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("diagnose ran despite a bad option")
+
+    monkeypatch.setattr(diagnose_cli, "diagnose", not_called)
+    data = str(tmp_path / "x.npy")
+    cases = [
+        ([data, "--steps", "-2"], "--steps must be positive. Received: -2"),
+        ([data, "--steps", "0"], "--steps must be positive. Received: 0"),
+        ([data, "--plot", "/nonexistent_dir/x.png"], "--plot: no such directory: /nonexistent_dir"),
+        ([data, "--plot", str(tmp_path)],
+         f"--plot must be a file path, not a directory: {tmp_path}"),
+        ([str(tmp_path / "none.npy")], "holds no rows (its array has shape (0, 4))"),
+    ]
+    for args, message in cases:
+        assert main(["diagnose", path, *args]) == 1
+        captured = capsys.readouterr()
+        line = captured.err.strip()
+        assert line.startswith("keras-bn-ext: error: ") and "\n" not in line
+        assert message in line
+        assert captured.out == ""
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="one backend is enough for the process test")

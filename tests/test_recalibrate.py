@@ -226,3 +226,32 @@ def test_progress_bar(capsys):
     assert "1/1" in capsys.readouterr().out
     keras_bn_ext.recalibrate(model, _batches([2, 3]), verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_whole_arrays_as_fit_takes_them():
+    x = _batches([96], seed=3)[0]
+    y = np.zeros((96, 2), "float32")
+    expected = x.astype("float64").mean(0)
+    # (x, y) and (x, y, sample_weight), as validation_data: x only, in batches of 32.
+    for data in ((x, y), (x, y, np.ones(96)), [x, y]):
+        np.testing.assert_allclose(_recalibrated_mean(data), expected, rtol=1e-6)
+    # A dict of whole arrays for a model with named inputs.
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    outputs = keras.layers.BatchNormalization(name="bn")(keras.layers.Add()([a, b]))
+    model = keras.Model({"a": a, "b": b}, outputs)
+    stats = keras_bn_ext.recalibrate(model, {"a": x, "b": 2 * x}, batch_size=40, verbose=0)
+    assert stats["bn"].batches == 3 and stats["bn"].count == 96
+    np.testing.assert_allclose(stats["bn"].mean, 3 * expected, rtol=1e-6)
+    np.testing.assert_allclose(stats["bn"].variance, (3 * x.astype("float64")).var(0),
+                               rtol=1e-5)
+
+
+def test_bad_steps_and_data_are_named():
+    model = _first_bn_model(keras.layers.BatchNormalization(name="bn"))
+    x = _batches([8])[0]
+    for steps in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"Received: steps={steps}"):
+            keras_bn_ext.recalibrate(model, x, steps=steps, verbose=0)
+    for data in (None, 3, "x.npy"):
+        with pytest.raises(ValueError, match=f"Received: data={data!r} of type"):
+            keras_bn_ext.recalibrate(model, data, verbose=0)

@@ -13,6 +13,9 @@ docs/diagnose.md for the numbers and formulas.
 """
 
 import math
+import os
+
+import keras
 
 from keras_bn_ext.tools import diagnose_findings
 from keras_bn_ext.tools.diagnose_measures import measure_layer
@@ -37,14 +40,23 @@ def diagnose(model, data, steps=None, batch_size=32):
 
     Args:
         model: a Keras model.
-        data: as `fit` accepts it: a NumPy array (split into batches of
-            `batch_size`), a `tf.data.Dataset`, a `keras.utils.PyDataset`,
-            a torch `DataLoader`, a list, generator or iterable of batches.
-            A batch is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`; only
-            `x` is used. Give the batches the model trains on: batch
-            statistics depend on the batch size.
-        steps: use only the first `steps` batches (needed for endless data).
+        data: as `fit` accepts it: whole arrays, split into batches of
+            `batch_size` (an array, a dict of arrays for named inputs, a
+            tuple `(x, y)` or `(x, y, sample_weight)`, a list of arrays for
+            a model with several inputs), a `tf.data.Dataset`, a
+            `keras.utils.PyDataset`, a torch `DataLoader`, a list, generator
+            or iterable of batches. A batch is `x`, `(x,)`, `(x, y)` or
+            `(x, y, sample_weight)`; only `x` is used. Give the batches the
+            model trains on: batch statistics depend on the batch size.
+            docs/diagnose.md says how a list of arrays is read.
+        steps: use only the first `steps` batches (needed for endless
+            data): a positive integer, or None for all.
         batch_size: batch size for array data.
+
+    Raises:
+        ValueError: for a `model` that is not a Keras model or has no
+            BatchNormalization layer, and for bad `data`, `steps` or
+            `batch_size` (naming the value received).
 
     Returns:
         A `Diagnosis`: `print()` it for a table; `.findings` (ranked
@@ -68,8 +80,9 @@ def diagnose(model, data, steps=None, batch_size=32):
         raise ValueError(
             f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
         )
-    layers = batch_norm_layers(model)
-    measurement = Measurement(model, layers).run(_Batches(data, steps, batch_size))
+    layers = _batch_norm_layers(model)
+    batches = _Batches(data, steps, batch_size, model)
+    measurement = Measurement(model, layers).run(batches)
     paths = {id(layer): path for path, layer in layers}
     rows = [
         measure_layer(paths[id(layer)], layer,
@@ -86,6 +99,27 @@ def diagnose(model, data, steps=None, batch_size=32):
     )
 
 
+def _batch_norm_layers(model):
+    """`[(path, layer)]`, after checking that `model` is a Keras model
+    (or layer) with at least one BatchNormalization layer."""
+    if not isinstance(model, keras.Layer):
+        hint = ""
+        if isinstance(model, (str, os.PathLike)):
+            hint = f" To diagnose a saved model, load it first: keras.saving.load_model({model!r})."
+        raise ValueError(
+            f"`model` must be a Keras model. Received: model={model!r} of type "
+            f"{type(model).__name__}.{hint}"
+        )
+    layers = batch_norm_layers(model)
+    if not layers:
+        raise ValueError(
+            f"Model {model.name!r} has no BatchNormalization layer (Keras's or "
+            "keras_bn_ext's): nothing to diagnose. A difference between its training "
+            "and inference outputs comes from other layers (e.g. Dropout)."
+        )
+    return layers
+
+
 def _output_gap(sums):
     reference = math.sqrt(sums.squared_reference)
     difference = math.sqrt(sums.squared_difference)
@@ -93,5 +127,5 @@ def _output_gap(sums):
         relative = difference / reference
     else:
         relative = 0.0 if difference == 0 else math.inf
-    changed = sums.changed / sums.rows if sums.classifier and sums.rows else None
+    changed = float(sums.changed / sums.rows) if sums.classifier and sums.rows else None
     return OutputGap(relative, float(sums.max_abs_difference), changed, sums.samples)

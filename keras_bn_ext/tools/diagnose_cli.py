@@ -23,20 +23,42 @@ def load_inputs(path):
     except Exception as e:
         raise ValueError(f"{path} is not a NumPy {extension} file: {e}") from None
     if extension == ".npy":
-        return loaded
+        return _rows(loaded, path)
     with loaded:
         if not loaded.files:
             raise ValueError(f"{path} holds no array")
-        return loaded["x" if "x" in loaded.files else loaded.files[0]]
+        return _rows(loaded["x" if "x" in loaded.files else loaded.files[0]], path)
+
+
+def _rows(x, path):
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{path} holds no rows (its array has shape {x.shape})")
+    return x
+
+
+def check_options(args):
+    """The options' values, checked before any work (so that a long run
+    does not fail at its end, on the plot's path). Raises `ValueError`."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be positive. Received: {args.steps}")
+    if args.plot:
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if os.path.isdir(args.plot):
+            raise ValueError(f"--plot must be a file path, not a directory: {args.plot}")
+        if not os.path.isdir(folder):
+            raise ValueError(f"--plot: no such directory: {folder}")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"--plot: cannot write to the directory {folder}")
 
 
 def run(model, args):
     """Diagnoses `model` on `args.data`; prints the table (or JSON), draws
     `args.plot`. Returns the exit status."""
     try:
+        check_options(args)
         x = load_inputs(args.data)
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
     except ValueError as e:
         print(f"keras-bn-ext: error: {e}", file=sys.stderr)
         return 1

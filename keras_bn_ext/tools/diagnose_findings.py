@@ -4,6 +4,13 @@ The rules, per layer, in the order the model runs them:
 
 - `bad_variance`: a non-finite or negative moving statistic, a moving
   variance below epsilon where the data's is not, or non-finite inputs.
+  Non-finite inputs are inherited (no finding for them; `inherited_from`
+  names the source) when an earlier layer explains them: inputs non-finite
+  in inference mode only come from an earlier layer's moving statistics
+  (the first with non-finite or negative ones, else the nearest earlier
+  layer with a finding); inputs non-finite in both modes from the first
+  earlier layer whose inputs were already non-finite. A layer with inherited
+  non-finite inputs gets no gap finding either (its gap is not finite).
 - `never_updated`: the moving statistics are their initial values.
 - Otherwise a `gap >= GAP_THRESHOLD` is:
   - inherited (no finding) when the layer's `own_gap` is small and an
@@ -38,10 +45,12 @@ def rank_findings(rows):
     """`(rows, findings)`: rows with `inherited_from` set where the gap comes
     from an earlier layer, and every finding, largest effect first."""
     found, marked, causes = [], [], []
+    nonfinite = {"moving": [], "inputs": []}  # layers whose finding says so
     for row in rows:
-        row, layer_findings = _layer_findings(row, causes)
+        row, layer_findings = _layer_findings(row, causes, nonfinite)
         if any(f.kind != "small_batch" for f in layer_findings):
             causes.append(row.layer)
+        _note_nonfinite(nonfinite, row.layer, layer_findings)
         marked.append(row)
         found += layer_findings
     order = {row.layer: i for i, row in enumerate(marked)}
@@ -49,9 +58,33 @@ def rank_findings(rows):
     return marked, found
 
 
-def _layer_findings(row, causes):
+def _note_nonfinite(nonfinite, layer, findings):
+    """Records a layer whose moving statistics or inputs are not finite (or
+    negative variances, NaN once below -epsilon): later non-finite inputs
+    may come from it."""
+    for numbers in (f.numbers for f in findings if f.kind == "bad_variance"):
+        if numbers["nonfinite_channels"] or numbers["negative_variance_channels"]:
+            nonfinite["moving"].append(layer)
+        if numbers["nonfinite_input_channels"]:
+            nonfinite["inputs"].append(layer)
+
+
+def _nonfinite_source(row, causes, nonfinite):
+    """The earlier layer this layer's non-finite inputs come from, or None
+    (then they arise here): see the module's rules."""
+    if not row.nonfinite_input_channels:
+        return None
+    if row.own_nonfinite_input_channels:  # in batch-statistics mode too
+        return next(iter(nonfinite["inputs"]), None)
+    return next(iter(nonfinite["moving"]), causes[-1] if causes else None)
+
+
+def _layer_findings(row, causes, nonfinite):
     findings = []
-    bad = bad_variance(row)
+    source = _nonfinite_source(row, causes, nonfinite)
+    if source is not None:
+        row = dataclasses.replace(row, inherited_from=source)
+    bad = bad_variance(row, count_inputs=source is None)
     if bad is not None:
         findings.append(bad)
     uses_moving = row.state != "mode=batch"
@@ -62,7 +95,8 @@ def _layer_findings(row, causes):
     explained = small is not None and row.mean_shift_max < GAP_THRESHOLD
     if row.never_updated and uses_moving:
         findings.append(never_updated(row, effect))
-    elif uses_moving and row.gap >= GAP_THRESHOLD and bad is None and not explained:
+    elif (uses_moving and row.gap >= GAP_THRESHOLD and bad is None and not explained
+          and source is None):
         if row.own_gap < GAP_THRESHOLD and causes:
             row = dataclasses.replace(row, inherited_from=causes[-1])
         else:
@@ -193,23 +227,26 @@ def small_batch(row):
         f"Use batches of at least {needed} elements per channel, or Batch "
         "Renormalization (keras_bn_ext.BatchNormalization(renorm=True)); if memory "
         f"forbids larger batches, freeze the statistics (mode='moving') after {RECALIBRATE}.",
-        f"{row.count} elements per channel per batch: the batch statistics vary by "
+        f"{row.count} element{'' if row.count == 1 else 's'} per channel per batch: "
+        "the batch statistics vary by "
         f"about {numbers['expected_mean_noise']:.2g} std (mean) and "
         f"{numbers['expected_variance_noise']:.2g} (relative variance) from batch to batch",
         noise,
     )
 
 
-def bad_variance(row):
+def bad_variance(row, count_inputs=True):
+    """The finding for bad moving statistics or non-finite inputs (these
+    not counted when `count_inputs` is False: inherited), or None."""
     numbers = {
         "nonfinite_channels": row.nonfinite_channels,
         "negative_variance_channels": row.negative_variance_channels,
         "tiny_variance_channels": row.tiny_variance_channels,
-        "nonfinite_input_channels": row.nonfinite_input_channels,
+        "nonfinite_input_channels": row.nonfinite_input_channels if count_inputs else 0,
     }
     if not any(numbers.values()):
         return None
-    if row.nonfinite_input_channels and not row.nonfinite_channels:
+    if numbers["nonfinite_input_channels"] and not row.nonfinite_channels:
         fix = ("The cause is upstream: find the first layer whose outputs are not "
                "finite (keras_bn_ext.debug.capture(model) records each BN call).")
         summary = f"{row.nonfinite_input_channels} channels of its inputs are not finite"
@@ -219,7 +256,8 @@ def bad_variance(row):
                "out of them); for tiny variances a larger epsilon also bounds the scale.")
         summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in numbers.items() if v)
         summary = f"moving statistics: {summary}"
-    effect = math.inf if row.nonfinite_channels or row.nonfinite_input_channels else row.gap
+    nonfinite = row.nonfinite_channels or numbers["nonfinite_input_channels"]
+    effect = math.inf if nonfinite else row.gap
     return Finding(row.layer, "bad_variance", numbers, fix, summary, effect)
 
 

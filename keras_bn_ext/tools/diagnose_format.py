@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 _COLUMNS = (
     ("layer", "<"), ("kind", "<"), ("state", "<"), ("ch", ">"), ("n/batch", ">"),
     ("mean shift med/max", "<"), ("var ratio min/med/max", "<"),
@@ -17,16 +19,34 @@ def _number(value):
     return "0" if value == 0 else f"{value:.3g}"
 
 
-def _cells(row, kinds):
-    note = ",".join(kinds) or "-"
+def _notes(row, kinds):
+    """The layer's own findings, then where an inherited gap (or non-finite
+    inputs) comes from."""
+    notes = list(kinds)
     if row.inherited_from:
-        note = f"inherited from {row.inherited_from}"
+        what = "non-finite inputs" if row.nonfinite_input_channels else "gap inherited"
+        notes.append(f"{what} from {row.inherited_from}")
+    return "; ".join(notes) or "-"
+
+
+def _summary(values, per_channel):
+    """Summaries over channels (which skip NaN), then how many channels are
+    NaN, so that a max over the rest does not hide them."""
+    text = " / ".join(_number(v) for v in values)
+    missing = int(np.isnan(per_channel).sum())
+    if 0 < missing < per_channel.size:
+        text += f" ({missing} nan)"
+    return text
+
+
+def _cells(row, kinds):
     return (
         row.layer, row.kind, row.state, str(row.channels), str(row.count),
-        f"{_number(row.mean_shift_median)} / {_number(row.mean_shift_max)}",
-        " / ".join(_number(v) for v in (
-            row.variance_ratio_min, row.variance_ratio_median, row.variance_ratio_max)),
-        _number(row.batch_mean_spread), _number(row.gap), _number(row.own_gap), note,
+        _summary((row.mean_shift_median, row.mean_shift_max), row.mean_shift),
+        _summary((row.variance_ratio_min, row.variance_ratio_median,
+                  row.variance_ratio_max), row.variance_ratio),
+        _number(row.batch_mean_spread), _number(row.gap), _number(row.own_gap),
+        _notes(row, kinds),
     )
 
 

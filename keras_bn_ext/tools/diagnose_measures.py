@@ -67,6 +67,7 @@ def measure_layer(path, layer, seen, own):
         initial_weight=weight,
         initial_weight_source=source,
         **_variance_problems(mean, variance, *moving, epsilon),
+        own_nonfinite_input_channels=_nonfinite(own_mean, own_variance),
         mean_shift=shift,
         variance_ratio=ratio,
     )
@@ -83,8 +84,12 @@ def _variance_problems(mean, variance, moving_mean, moving_variance, epsilon):
             negative_variance_channels=int(np.sum(moving_variance < 0)),
             tiny_variance_channels=int(np.sum(
                 (moving_variance >= 0) & (moving_variance < epsilon) & (variance >= epsilon))),
-            nonfinite_input_channels=int(np.sum(~(np.isfinite(mean) & np.isfinite(variance)))),
+            nonfinite_input_channels=_nonfinite(mean, variance),
         )
+
+
+def _nonfinite(mean, variance):
+    return int(np.sum(~(np.isfinite(mean) & np.isfinite(variance))))
 
 
 def layer_state(layer):

@@ -51,8 +51,11 @@ class LayerDiagnosis:
         tiny_variance_channels: channels whose moving variance is below
             epsilon while the data's is not.
         nonfinite_input_channels: channels whose inputs were not finite.
+        own_nonfinite_input_channels: the same for its inputs in
+            batch-statistics mode.
         inherited_from: for a gap that comes from an earlier layer (small
-            `own_gap`), that layer's path; else None.
+            `own_gap`), or non-finite inputs that come from an earlier
+            layer's finding, that layer's path; else None.
         mean_shift, variance_ratio: the per-channel values (NumPy).
     """
 
@@ -82,6 +85,7 @@ class LayerDiagnosis:
     nonfinite_input_channels: int
     mean_shift: np.ndarray = dataclasses.field(repr=False)
     variance_ratio: np.ndarray = dataclasses.field(repr=False)
+    own_nonfinite_input_channels: int = 0
     inherited_from: Optional[str] = None
 
 

@@ -29,6 +29,7 @@ from keras_bn_ext.debug import NeverUpdatedWarning
 from keras_bn_ext.layers import BatchNormalization
 from keras_bn_ext.layers.arguments import resolve_axes
 from keras_bn_ext.layers.arguments import standardize_mask
+from keras_bn_ext.tools import data_forms
 from keras_bn_ext.tools.report import batch_norm_layers
 
 
@@ -108,7 +109,7 @@ def recalibrate(
         >>> np.round(keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance), 4)
         array([ 2.6667, 22.2222], dtype=float32)
     """
-    batches = _Batches(data, steps, batch_size)
+    batches = _Batches(data, steps, batch_size, model)
     order, calls = _execution_order(model, batches)
     paths = {id(layer): path for path, layer in batch_norm_layers(model)}
     layers = [layer for layer in order if not _is_frozen(layer)]
@@ -132,12 +133,16 @@ def _is_frozen(layer):
 
 
 class _Batches:
-    """Re-iterable `x` batches of `data`, at most `steps` of them."""
+    """Re-iterable `x` batches of `data`, at most `steps` of them (the forms
+    of `data` are in keras_bn_ext/tools/data_forms.py)."""
 
-    def __init__(self, data, steps, batch_size):
+    def __init__(self, data, steps, batch_size, model=None):
+        data_forms.check_steps(steps)
+        data_forms.check_data(data)
         self.steps = steps
-        if hasattr(data, "shape") and not isinstance(data, (list, tuple, dict)):
-            data = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
+        x = data_forms.whole_inputs(data, model)
+        if x is not None:  # whole arrays, as fit(x, y) takes them
+            data = data_forms.split(x, batch_size)
         if isinstance(data, keras.utils.PyDataset):
             self._source = _PyDatasetIterable(data, steps)
         elif hasattr(data, "as_numpy_iterator"):
