@@ -40,23 +40,18 @@ def diagnose(model, data, steps=None, batch_size=32):
 
     Args:
         model: a Keras model.
-        data: as `fit` accepts it: whole arrays, split into batches of
-            `batch_size` (an array, a dict of arrays for named inputs, a
-            tuple `(x, y)` or `(x, y, sample_weight)`, a list of arrays for
-            a model with several inputs), a `tf.data.Dataset`, a
-            `keras.utils.PyDataset`, a torch `DataLoader`, a list, generator
-            or iterable of batches. A batch is `x`, `(x,)`, `(x, y)` or
+        data: as `fit` accepts it (docs/diagnose.md has the rules): whole
+            arrays split into batches of `batch_size` (an array, a dict of
+            arrays, `(x, y)` or `(x, y, sample_weight)`), a `tf.data.Dataset`,
+            a `keras.utils.PyDataset`, a torch `DataLoader`, a list,
+            generator or iterable of batches, each `x`, `(x,)`, `(x, y)` or
             `(x, y, sample_weight)`; only `x` is used. Give the batches the
             model trains on: batch statistics depend on the batch size.
-            docs/diagnose.md says how a list of arrays is read.
-        steps: use only the first `steps` batches (needed for endless
-            data): a positive integer, or None for all.
+        steps: use only the first `steps` batches (needed for endless data).
         batch_size: batch size for array data.
 
     Raises:
-        ValueError: for a `model` that is not a Keras model or has no
-            BatchNormalization layer, and for bad `data`, `steps` or
-            `batch_size` (naming the value received).
+        ValueError: naming a bad `model` (or one without BatchNormalization), `data`, `steps`.
 
     Returns:
         A `Diagnosis`: `print()` it for a table; `.findings` (ranked
@@ -76,11 +71,7 @@ def diagnose(model, data, steps=None, batch_size=32):
         >>> round(row.mean_shift_max, 3), round(row.variance_ratio_max, 3)
         (2.999, 3.997)
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(
-            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
-        )
-    layers = _batch_norm_layers(model)
+    layers = _checked_layers(model, batch_size)
     batches = _Batches(data, steps, batch_size, model)
     measurement = Measurement(model, layers).run(batches)
     paths = {id(layer): path for path, layer in layers}
@@ -99,9 +90,13 @@ def diagnose(model, data, steps=None, batch_size=32):
     )
 
 
-def _batch_norm_layers(model):
-    """`[(path, layer)]`, after checking that `model` is a Keras model
-    (or layer) with at least one BatchNormalization layer."""
+def _checked_layers(model, batch_size):
+    """`[(path, layer)]`, after checking `batch_size` and that `model` is a
+    Keras model (or layer) with at least one BatchNormalization layer."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(
+            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+        )
     if not isinstance(model, keras.Layer):
         hint = ""
         if isinstance(model, (str, os.PathLike)):
