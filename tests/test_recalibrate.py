@@ -255,3 +255,11 @@ def test_bad_steps_and_data_are_named():
     for data in (None, 3, "x.npy"):
         with pytest.raises(ValueError, match=f"Received: data={data!r} of type"):
             keras_bn_ext.recalibrate(model, data, verbose=0)
+
+
+def test_model_that_is_not_a_model_is_named():
+    x = np.zeros((4, 2), "float32")
+    with pytest.raises(ValueError, match=r"Received: model=None"):
+        keras_bn_ext.recalibrate(None, x, verbose=0)
+    with pytest.raises(ValueError, match=r"load it first: keras.saving.load_model\('m.keras'\)"):
+        keras_bn_ext.recalibrate("m.keras", x, verbose=0)

@@ -28,6 +28,19 @@ import os
 import keras
 
 
+def check_model(model, action):
+    """`model` must be a Keras model (or layer); a path gets a hint."""
+    if not isinstance(model, keras.Layer):
+        hint = ""
+        if isinstance(model, (str, os.PathLike)):
+            hint = (f" To {action} a saved model, load it first: "
+                    f"keras.saving.load_model({model!r}).")
+        raise ValueError(
+            f"`model` must be a Keras model. Received: model={model!r} of type "
+            f"{type(model).__name__}.{hint}"
+        )
+
+
 def check_steps(steps):
     """`steps` must be None or a positive integer."""
     if steps is None:

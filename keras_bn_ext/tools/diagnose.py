@@ -13,10 +13,8 @@ docs/diagnose.md for the numbers and formulas.
 """
 
 import math
-import os
 
-import keras
-
+from keras_bn_ext.tools import data_forms
 from keras_bn_ext.tools import diagnose_findings
 from keras_bn_ext.tools.diagnose_measures import measure_layer
 from keras_bn_ext.tools.diagnose_passes import BATCH
@@ -97,14 +95,7 @@ def _checked_layers(model, batch_size):
         raise ValueError(
             f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
         )
-    if not isinstance(model, keras.Layer):
-        hint = ""
-        if isinstance(model, (str, os.PathLike)):
-            hint = f" To diagnose a saved model, load it first: keras.saving.load_model({model!r})."
-        raise ValueError(
-            f"`model` must be a Keras model. Received: model={model!r} of type "
-            f"{type(model).__name__}.{hint}"
-        )
+    data_forms.check_model(model, "diagnose")
     layers = batch_norm_layers(model)
     if not layers:
         raise ValueError(

@@ -71,25 +71,21 @@ def recalibrate(
 
     Keras's layers and ours, in nested models and custom layers too. Frozen
     layers (`trainable=False`, or our `mode="moving"`) keep their
-    statistics, but still run (in inference mode) for the layers after them;
-    gamma, beta and every other weight are untouched; dropout and the like
-    run in inference mode. For Batch Renormalization layers `moving_stddev`
+    statistics but still run, in inference mode like every other layer;
+    gamma, beta and every other weight are untouched. For Batch Renormalization layers `moving_stddev`
     (and `renorm_mean`, `renorm_stddev`) become the matching population
-    values, `sqrt(variance + epsilon)`. For our layers with an update counter
-    (`num_batches_tracked`), the counter becomes the number of batches
-    measured, as after PyTorch's `update_bn`: a cumulative (`momentum=None`)
-    or debiased average then continues as if those batches had been its
-    training batches. Channels whose statistics come out non-finite, or that
-    saw no element (masked out), keep their old values.
+    values, `sqrt(variance + epsilon)`. An update counter
+    (`num_batches_tracked`) becomes the number of batches measured, as after
+    PyTorch's `update_bn`. Channels whose statistics come out non-finite, or
+    that saw no element (masked out), keep their old values.
 
     Args:
         model: a Keras model, called on each batch as `model(x, training=False)`.
-        data: a `tf.data.Dataset`, a `keras.utils.PyDataset`, a list of
-            batches, any iterable or generator of batches, or a NumPy array
-            (split into batches of `batch_size`). A batch is `x`, `(x,)`,
-            `(x, y)` or `(x, y, sample_weight)`; only `x` is used. A one-shot
-            iterator (e.g. a generator) is read once and its `x` batches kept
-            in memory for the passes.
+        data: as `fit()` takes it: whole arrays (`x`, `(x, y[, w])`, a dict
+            of named inputs; split into batches of `batch_size`), or batches
+            (`x`, `(x,)`, `(x, y[, w])`) from a list, generator,
+            `tf.data.Dataset` or `keras.utils.PyDataset`; only `x` is used.
+            A generator is read once and its batches kept in memory.
         steps: use only the first `steps` batches (needed for endless data).
         batch_size: batch size for array data.
         verbose: 1 shows a `keras.utils.Progbar` over the layers, 0 is silent.
@@ -109,6 +105,7 @@ def recalibrate(
         >>> np.round(keras.ops.convert_to_numpy(model.get_layer("bn").moving_variance), 4)
         array([ 2.6667, 22.2222], dtype=float32)
     """
+    data_forms.check_model(model, "recalibrate")
     batches = _Batches(data, steps, batch_size, model)
     order, calls = _execution_order(model, batches)
     paths = {id(layer): path for path, layer in batch_norm_layers(model)}
