@@ -26,10 +26,13 @@ class LayerDiagnosis:
         channels: number of channels.
         batches: calls measured (batches, or more for a shared layer).
         count: elements per channel in a batch (median over batches).
-        mean_shift_median, mean_shift_max: over channels, the standardized
-            mean shift `|mean - moving_mean| / sqrt(moving_variance + eps)`.
-        variance_ratio_min, variance_ratio_median, variance_ratio_max: over
-            channels, `(batch variance + eps) / (moving_variance + eps)`.
+        mean_shift_median: median over channels of the standardized mean
+            shift `|mean - moving_mean| / sqrt(moving_variance + eps)`.
+        mean_shift_max: its maximum over channels.
+        variance_ratio_min: minimum over channels of the variance ratio
+            `(batch variance + eps) / (moving_variance + eps)`.
+        variance_ratio_median: its median over channels.
+        variance_ratio_max: its maximum over channels.
         worst_channels: the channels with the largest gap, worst first.
         batch_mean_spread: the std of the batch means across batches, in
             units of the data's std (median over channels; None for one batch).
@@ -56,7 +59,8 @@ class LayerDiagnosis:
         inherited_from: for a gap that comes from an earlier layer (small
             `own_gap`), or non-finite inputs that come from an earlier
             layer's finding, that layer's path; else None.
-        mean_shift, variance_ratio: the per-channel values (NumPy).
+        mean_shift: the per-channel standardized mean shifts (NumPy).
+        variance_ratio: the per-channel variance ratios (NumPy).
     """
 
     layer: str
