@@ -212,6 +212,15 @@ def test_bad_inputs_are_named():
         from_flax(bn, input_shape=(None, 4, 5))
     with pytest.raises(ValueError, match="Received: layer="):
         to_flax(BN())
+    keras_layer = keras.layers.BatchNormalization()
+    keras_layer.build((None, 3))
+    with pytest.raises(ValueError, match="exports a keras_bn_ext.BatchNormalization.*"
+                       r"Received: layer of type keras\.src\.layers"):
+        to_flax(keras_layer)
+    two_axes = BN(axis=[1, 3])
+    two_axes.build((None, 2, 5, 3))
+    with pytest.warns(UserWarning, match=r"inference \(eval\(\)\) only.*axis=\[1, 3\]"):
+        to_flax(two_axes)
     batch = BN(mode="batch")
     batch.build((None, 3))
     with pytest.raises(ValueError, match="Received: mode='batch'"):

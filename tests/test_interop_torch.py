@@ -3,6 +3,7 @@ Keras backend (torch is installed whatever the backend), in training and
 eval, with momentum=None, affine=False, track_running_stats=False, and the
 round trip back to torch."""
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -295,3 +296,11 @@ def test_the_imported_layer_explains_itself():
     with keras_bn_ext.debug.capture() as records:
         layer(batches((2, 3, 4, 4), 1)[0], training=True)
     assert records[0].num_batches_tracked == 8
+
+
+def test_to_torch_names_a_layer_that_is_not_ours():
+    keras_layer = keras.layers.BatchNormalization(axis=1)
+    keras_layer.build((None, 3))
+    with pytest.raises(ValueError, match=r"exports a keras_bn_ext.BatchNormalization; "
+                       r"keras_bn_ext.convert_model\(model\).*Received: layer of type"):
+        keras_bn_ext.interop.to_torch(keras_layer)

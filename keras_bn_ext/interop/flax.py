@@ -20,10 +20,12 @@ any Keras backend.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
 
+from keras_bn_ext.interop._layer_check import check_exportable_layer
 from keras_bn_ext.layers import options
 
 
@@ -245,11 +247,16 @@ def _check_input_shape(axis, num_features, input_shape):
 
 
 def _check_exportable(layer):
-    if not layer.built:
-        raise ValueError(
-            "to_flax needs a built layer (its weights have their shapes then): "
-            "call it on an input or use layer.build(shape). Received: "
-            f"layer={layer.name!r}"
+    check_exportable_layer(layer, "to_flax")
+    if isinstance(layer.axis, list) and len(layer.axis) > 1:
+        # Flax 0.12's nnx.BatchNorm broadcasts its flat (C1*C2,) statistics
+        # against the (C1, C2) batch statistics in training and fails.
+        warnings.warn(
+            "flax.nnx.BatchNorm with several feature axes runs in inference "
+            "(eval()) only: in training it fails to broadcast its statistics "
+            f"(Flax 0.12). Received: axis={layer.axis}",
+            UserWarning,
+            stacklevel=3,
         )
     if layer.mode == "batch":
         raise ValueError(

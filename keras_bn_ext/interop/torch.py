@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_bn_ext.interop._layer_check import check_exportable_layer
 from keras_bn_ext.layers import options
 
 if TYPE_CHECKING:
@@ -268,11 +269,7 @@ def _torch_tensor(torch, variable, dtype):
 
 def _check_exportable(layer):
     """The rank the layer was built for; errors for what cannot map."""
-    if not layer.built or layer.input_spec is None:
-        raise ValueError(
-            "to_torch needs a built layer (its rank picks BatchNorm1d/2d/3d): "
-            f"call it on an input or use layer.build(shape). Received: layer={layer.name!r}"
-        )
+    check_exportable_layer(layer, "to_torch")
     # The layer's input spec (set by build) holds its rank and channel axes.
     rank = layer.input_spec.ndim
     if sorted(layer.input_spec.axes) != [1]:
