@@ -64,3 +64,16 @@ def run_example(name, *args):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Backend: {BACKEND}" in result.stdout
     return result.stdout
+
+
+def assert_explains_predict(out):
+    """What the demo and examples/seed_question.py print: predict() on a
+    fresh layer gives x / sqrt(1 + 1e-3), explained from the layer's own
+    record; training=True normalizes the batch."""
+    assert "[[0.     0.9995]\n [1.999  2.9985]]" in out
+    assert "branch:   moving statistics (training=False)" in out
+    assert "flags:    never_updated" in out
+    assert "NeverUpdatedWarning:" in out
+    assert "y ≈ x / sqrt(1.001) per channel" in out
+    assert "[[-0.9995 -0.9995]\n [ 0.9995  0.9995]]" in out
+    assert "batch statistics, mean [1. 2.], variance [1. 1.], count 2" in out

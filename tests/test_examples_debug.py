@@ -1,20 +1,12 @@
 """Smoke tests: the debugging examples run on the selected backend and print
 what they promise (`run_example` checks the backend line)."""
 
+from helpers import assert_explains_predict
 from helpers import run_example
 
 
 def test_seed_question_example():
-    out = run_example("seed_question.py")
-    # The puzzling output, then the record and explain() that explain it.
-    assert "[[0.     0.9995]\n [1.999  2.9985]]" in out
-    assert "branch:   moving statistics (training=False)" in out
-    assert "flags:    never_updated" in out
-    assert "NeverUpdatedWarning:" in out
-    assert "y ≈ x / sqrt(1.001) per channel" in out
-    # What the user wanted, with the batch's statistics.
-    assert "[[-0.9995 -0.9995]\n [ 0.9995  0.9995]]" in out
-    assert "batch statistics, mean [1. 2.], variance [1. 1.], count 2" in out
+    assert_explains_predict(run_example("seed_question.py"))
 
 
 def test_debug_in_fit_example():
