@@ -99,6 +99,10 @@ def test_mypy_sees_the_public_hints(tmp_path):
         "keras_bn_ext.decide_branch(True, True, mode=3)\n"
         "def f(r: StatsRecord) -> int:\n"
         "    return r.layer\n"
+        "keras_bn_ext.diagnose(None, None, steps='a')\n"
+        "keras_bn_ext.BatchNormalization().add_debug_hook(5)\n"
+        "keras_bn_ext.interop.from_flax(None, name=3)\n"
+        "n: int = keras_bn_ext.BatchNormalization().explain()\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
@@ -108,3 +112,7 @@ def test_mypy_sees_the_public_hints(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Argument "mode" to "decide_branch" has incompatible type "int"' in result.stdout
     assert 'Incompatible return value type (got "str", expected "int")' in result.stdout
+    assert 'Argument "steps" to "diagnose" has incompatible type "str"' in result.stdout
+    assert 'Argument 1 to "add_debug_hook" of "BatchNormalization"' in result.stdout
+    assert 'Argument "name" to "from_flax" has incompatible type "int"' in result.stdout
+    assert 'Incompatible types in assignment (expression has type "str"' in result.stdout

@@ -19,8 +19,12 @@ it agrees with both settings wherever the fast one is accurate, and
 any Keras backend.
 """
 
+from __future__ import annotations
+
 import math
 import warnings
+from typing import TYPE_CHECKING
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,8 +32,15 @@ import numpy as np
 from keras_bn_ext.interop._layer_check import check_exportable_layer
 from keras_bn_ext.layers import options
 
+if TYPE_CHECKING:
+    from keras_bn_ext.layers import BatchNormalization
 
-def from_flax(bn, input_shape=None, name=None):
+
+def from_flax(
+    bn: Any,
+    input_shape: tuple[int | None, ...] | None = None,
+    name: str | None = None,
+) -> BatchNormalization:
     """Builds a `keras_bn_ext.BatchNormalization` from a Flax `nnx.BatchNorm`.
 
     The layer gets the module's `scale`, `bias`, `mean` and `var` (as
@@ -87,7 +98,7 @@ def from_flax(bn, input_shape=None, name=None):
     return layer
 
 
-def to_flax(layer, rngs=None):
+def to_flax(layer: BatchNormalization, rngs: Any = None) -> Any:
     """Returns the Flax `nnx.BatchNorm` matching a built layer.
 
     The module gets the layer's weights and moving statistics (as `scale`,

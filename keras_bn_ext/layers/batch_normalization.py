@@ -1,6 +1,8 @@
 """`keras_bn_ext.BatchNormalization`: Keras's layer, correct everywhere, and
 able to say which statistics each call used and why."""
 
+from collections.abc import Callable
+
 import keras
 from keras import constraints
 from keras import initializers
@@ -15,6 +17,8 @@ from keras_bn_ext.debug import registry
 from keras_bn_ext.debug.explain import explain as explain_layer
 from keras_bn_ext.debug.freshness import NeverUpdatedCheck
 from keras_bn_ext.debug.records import RecordBuilder
+from keras_bn_ext.debug.records import StatsRecord
+from keras_bn_ext.debug.registry import HookHandle
 from keras_bn_ext.layers import ghost
 from keras_bn_ext.layers import options
 from keras_bn_ext.layers import tf_keras
@@ -397,7 +401,7 @@ class BatchNormalization(keras.layers.Layer):
 
     # Debugging API -----------------------------------------------------------
 
-    def add_debug_hook(self, fn):
+    def add_debug_hook(self, fn: Callable[[StatsRecord], object]) -> HookHandle:
         """Calls `fn(record)` with a `StatsRecord` after every real call.
 
         Hooks are compiled in when a function is traced: to get records from
@@ -416,7 +420,7 @@ class BatchNormalization(keras.layers.Layer):
         `add_debug_hook` and its handle)."""
         return tuple(self._hooks.values())
 
-    def explain(self):
+    def explain(self) -> str:
         """A text saying what each kind of call would use now, and why."""
         notes = [
             option.explain(value)

@@ -13,6 +13,9 @@ docs/diagnose.md for the numbers and formulas.
 """
 
 import math
+from typing import Any
+
+import keras
 
 from keras_bn_ext.tools import data_forms
 from keras_bn_ext.tools import diagnose_findings
@@ -26,7 +29,12 @@ from keras_bn_ext.tools.recalibrate import _Batches
 from keras_bn_ext.tools.report import batch_norm_layers
 
 
-def diagnose(model, data, steps=None, batch_size=32):
+def diagnose(
+    model: keras.Model,
+    data: Any,
+    steps: int | None = None,
+    batch_size: int = 32,
+) -> Diagnosis:
     """Measures, per BatchNormalization layer, the gap between the moving
     statistics (inference) and the data's batch statistics (training), and
     why the model's outputs differ between `predict()` and `fit()`.

@@ -4,6 +4,9 @@ ranked findings, and the `Diagnosis` that holds them (table, JSON, plot)."""
 import dataclasses
 import json
 import math
+import os
+from collections.abc import Sequence
+from typing import Any
 from typing import Optional
 
 import numpy as np
@@ -150,7 +153,15 @@ class Diagnosis:
         not_called: paths of BatchNormalization layers the data never reached.
     """
 
-    def __init__(self, model_name, layers, findings, output_gap, batches, not_called=()):
+    def __init__(
+        self,
+        model_name: str,
+        layers: list["LayerDiagnosis"],
+        findings: list["Finding"],
+        output_gap: "OutputGap",
+        batches: int,
+        not_called: Sequence[str] = (),
+    ) -> None:
         self.model_name = model_name
         self.layers = list(layers)
         self.findings = list(findings)
@@ -158,18 +169,18 @@ class Diagnosis:
         self.batches = batches
         self.not_called = list(not_called)
 
-    def __getitem__(self, path):
+    def __getitem__(self, path: str) -> "LayerDiagnosis":
         """The `LayerDiagnosis` of the layer with this path (or plain name)."""
         for row in self.layers:
             if row.layer == path or row.layer.rsplit("/", 1)[-1] == path:
                 return row
         raise KeyError(f"No measured BatchNormalization layer named {path!r}.")
 
-    def kinds(self, layer=None):
+    def kinds(self, layer: str | None = None) -> list[str]:
         """The finding kinds, largest effect first (of one layer if given)."""
         return [f.kind for f in self.findings if layer in (None, f.layer)]
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain types only (NaN and inf become None)."""
         layers = []
         for row in self.layers:
@@ -187,11 +198,11 @@ class Diagnosis:
             "not_called": self.not_called,
         })
 
-    def to_json(self, **kwargs):
+    def to_json(self, **kwargs: Any) -> str:
         """`to_dict()` as a JSON string (strict JSON: no NaN)."""
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
-    def plot(self, path):
+    def plot(self, path: str | os.PathLike) -> None:
         """Draws each layer's gap, mean shift and variance ratio to a PNG
         file (matplotlib, imported here). Returns the path."""
         from keras_bn_ext.tools.diagnose_format import plot
