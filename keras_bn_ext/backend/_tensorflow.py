@@ -2,6 +2,7 @@
 blocked in two levels, host callbacks through `tf.py_function`."""
 
 import logging
+import math
 
 import tensorflow as tf
 
@@ -33,10 +34,10 @@ def channel_sum(x, axes):
     """Without XLA, TensorFlow sums over outer axes sequentially in float32:
     over 1M values per channel the variance is off by 3e-4. Summing one axis
     at a time, a long axis in blocks of 512 (a free reshape when its size is
-    static and divisible), keeps every partial sum short: 2e-7. XLA's own
-    reductions are accurate and fuse better whole."""
+    static and divisible), keeps every partial sum short: 2e-7. Under XLA,
+    see `_xla_sum`."""
     if _in_xla_context():
-        return tf.reduce_sum(x, axis=axes, keepdims=True)
+        return _xla_sum(x, axes)
     for axis in sorted(axes, reverse=True):
         size = x.shape[axis]
         if size is not None and size > _BLOCK and size % _BLOCK == 0:
@@ -49,6 +50,40 @@ def channel_sum(x, axes):
         else:
             x = tf.reduce_sum(x, axis=axis, keepdims=True)
     return x
+
+
+# Rows of a 2-D input summed first in this many blocks, under XLA.
+_XLA_ROW_BLOCKS = 32
+
+
+def _xla_sum(x, axes):
+    """A keepdims sum over `axes` in two levels, outermost axis first.
+
+    XLA's CPU loop for one reduction over several axes that keeps the
+    innermost one (NHWC) is 4-7x slower than summing over the batch axis
+    first, into a (H, W, C) partial sum, then over the rest: 4.5 ms
+    against 0.66 ms for (32, 32, 32, 64); NCHW 0.86 against 0.68. A 2-D
+    input is split into 32 blocks of rows the same way (a free reshape).
+    XLA would merge the two sums back into one: a select between them that
+    keeps every value (finite or not) holds them apart. (An optimization
+    barrier does not: XLA's CPU pipeline removes it before fusion.)
+    """
+    shape = x.shape
+    keepdims = [
+        1 if a in axes else (d if d is not None else tf.shape(x)[a])
+        for a, d in enumerate(shape)
+    ]
+    if len(shape) == 2 and list(axes) == [0] and shape[1] is not None:
+        blocks = math.gcd(shape[0] or 0, _XLA_ROW_BLOCKS)
+        if blocks >= 4:
+            x = tf.reshape(x, (blocks, shape[0] // blocks, shape[1]))
+            axes = [0, 1]
+    if 0 not in axes or len(axes) < 2:
+        return tf.reduce_sum(x, axis=axes, keepdims=True)
+    partial = tf.reduce_sum(x, axis=0)
+    partial = tf.where(tf.math.is_finite(partial), partial, partial + partial)
+    total = tf.reduce_sum(partial, axis=[a - 1 for a in axes if a != 0])
+    return tf.reshape(total, keepdims)
 
 
 def jit_compatible(debugging):
