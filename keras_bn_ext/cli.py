@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import runpy
+import signal
 import sys
 
 from keras_bn_ext import _startup
@@ -77,7 +78,51 @@ def _add_diagnose_parser(commands):
                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+# The status a shell reports for a command killed by SIGPIPE (128 + 13).
+_READER_LEFT_STATUS = 128 + getattr(signal, "SIGPIPE", 13)
+
+
 def main(argv=None):
+    """Runs the command line; returns its exit status.
+
+    A reader that leaves early (`keras-bn-ext inspect M.keras | head -1`)
+    ends the command quietly with status 141, as the shell reports for a C
+    tool (cat, grep) that SIGPIPE ends: `set -o pipefail` scripts see the
+    same thing, and 1 stays this command's own "error" status.
+    """
+    try:
+        try:
+            status = _main(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors
+            _flush_stdout()
+            raise
+        _flush_stdout()  # the reader's leaving shows here, not at exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return _READER_LEFT_STATUS
+    return status
+
+
+def _flush_stdout():
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def _silence_stdout():
+    """Points stdout's file descriptor at the null device, so that what is
+    left in its buffer is dropped at exit instead of raising
+    BrokenPipeError again ("Exception ignored ..." on stderr)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass  # a stdout with no file descriptor (a test's capture) has no pipe
+
+
+def _main(argv):
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

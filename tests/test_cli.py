@@ -172,3 +172,42 @@ def test_an_explicit_missing_backend_is_a_one_line_error(tmp_path):
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().endswith(f"Received: KERAS_BACKEND={env_backend}")
+
+
+def _cli_into_closed_pipe(*args, unbuffered):
+    """The command with its stdout piped to a reader that has already left
+    (as `| head -1` does once it has its line). Closing the read end before
+    the command starts makes its first write fail every time, whether it
+    writes line by line (PYTHONUNBUFFERED) or once at exit."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen([sys.executable, "-m", "keras_bn_ext", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    process.stdout.close()
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, stderr
+
+
+def test_a_reader_that_leaves_early_ends_every_command_quietly(tmp_path):
+    path = _saved_model(tmp_path)
+    data = str(tmp_path / "x.npy")
+    np.save(data, np.random.default_rng(0).normal(size=(8, 3)).astype("float32"))
+    cases = [
+        (["--version"], False),
+        (["inspect", path], False),
+        (["inspect", path], True),
+        (["diagnose", path, data, "--batch-size", "4"], True),
+        (["diagnose", path, data, "--json"], False),
+        (["demo"], True),
+    ]
+    for args, unbuffered in cases:
+        status, stderr = _cli_into_closed_pipe(*args, unbuffered=unbuffered)
+        assert "Traceback" not in stderr, (args, stderr)
+        assert "BrokenPipeError" not in stderr, (args, stderr)  # "Exception ignored"
+        assert status == 141, (args, unbuffered, status, stderr)  # 128 + SIGPIPE
