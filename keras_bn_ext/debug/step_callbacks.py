@@ -31,10 +31,12 @@ def host_callback(fn, payload):
     if backend_ops.is_shape_inference():
         return  # Keras's shape inference: not a real execution, no record
     queue = getattr(_state, "queue", None)
-    if queue is not None and backend_ops.stages_callbacks():
+    if not backend_ops.stages_callbacks():
+        backend_ops.host_callback(fn, payload)
+    elif queue is not None:
         queue.append((fn, payload))
     else:
-        backend_ops.host_callback(fn, payload)
+        _issue([(fn, payload)])  # one array: each argument costs ~20-50 us
 
 
 @contextlib.contextmanager
