@@ -120,11 +120,11 @@ def centered(x, m):
 
 def batch_statistics(m, param_shape, check_finite=True):
     """`BatchStatistics` (parameter shape) from keepdims `Moments`."""
-    mean = ops.reshape(m.mean, param_shape)
-    variance = ops.reshape(m.variance, param_shape)
+    mean = backend_ops.reshape(m.mean, param_shape)
+    variance = backend_ops.reshape(m.variance, param_shape)
     count = m.count
     if len(count.shape):
-        count = ops.reshape(count, param_shape)
+        count = backend_ops.reshape(count, param_shape)
     valid = _validity(count, mean, variance, check_finite)
     return BatchStatistics(
         mean, variance, count, ops.broadcast_to(valid, ops.shape(mean))

@@ -23,7 +23,7 @@ OVERRIDES = {
     "_torch": [
         "all_reduce_sum", "custom_vjp", "host_callback", "host_value",
         "is_compiling", "is_distributed", "multiply_add", "native_batch_norm",
-        "no_grad", "replica_id",
+        "no_grad", "replica_id", "reshape",
     ],
     "_numpy": ["host_callback", "host_value"],
 }

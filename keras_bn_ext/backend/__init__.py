@@ -11,6 +11,8 @@ Statistics kernels:
 - `native_batch_norm(x, axes, gamma, beta, epsilon)`: the backend's own
   training kernel where it is both faster and accurate (torch), else None.
 - `multiply_add(x, scale, offset)`: `x * scale + offset`, one kernel on torch.
+- `reshape(x, shape)`: `keras.ops.reshape` for the per-step reshapes of small
+  vectors (torch: the tensor's own, 2 us against 30 us).
 - `all_reduce_sum(tensors)`: sums across replicas/processes for
   `synchronized=True`; returns the tensors unchanged when not distributed.
 - `is_distributed()`, `replica_id()`: whether each replica runs its own copy
@@ -74,6 +76,7 @@ __all__ = [
     "channel_sum",
     "native_batch_norm",
     "multiply_add",
+    "reshape",
     "all_reduce_sum",
     "is_distributed",
     "replica_id",

@@ -50,6 +50,11 @@ def multiply_add(x, scale, offset):
     return x * scale + offset
 
 
+def reshape(x, shape):
+    """`keras.ops.reshape(x, shape)` for a backend tensor `x`."""
+    return ops.reshape(x, shape)
+
+
 # Compilation and evaluation ---------------------------------------------------
 
 

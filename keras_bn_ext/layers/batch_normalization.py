@@ -482,12 +482,12 @@ class BatchNormalization(keras.layers.Layer):
         """A weight's value as `dtype`, in the parameter shape."""
         value = _cast(variable, dtype)
         if self._variable_shape != self._param_shape:  # tf-keras's shapes
-            value = ops.reshape(value, self._param_shape)
+            value = backend_ops.reshape(value, self._param_shape)
         return value
 
     def _assign(self, variable, value):
         if self._variable_shape != self._param_shape:
-            value = ops.reshape(value, self._variable_shape)
+            value = backend_ops.reshape(value, self._variable_shape)
         variable.assign(value)
 
     def _statistics_dtype(self, inputs):
@@ -552,11 +552,11 @@ class BatchNormalization(keras.layers.Layer):
         when `scale`/`center` are off, which the kernels need)."""
         shape = [x.shape[i] if i in channel_axes else 1 for i in range(len(x.shape))]
         if self.scale:
-            gamma = ops.reshape(_cast(self.gamma, x.dtype), shape)
+            gamma = backend_ops.reshape(_cast(self.gamma, x.dtype), shape)
         else:
             gamma = ops.ones(shape, x.dtype)
         if self.center:
-            beta = ops.reshape(_cast(self.beta, x.dtype), shape)
+            beta = backend_ops.reshape(_cast(self.beta, x.dtype), shape)
         else:
             beta = ops.zeros(shape, x.dtype)
         return gamma, beta
@@ -567,8 +567,8 @@ class BatchNormalization(keras.layers.Layer):
         shape = ops.shape(variance)
         r, d = statistics.renorm_corrections(
             mean, variance,
-            ops.reshape(ops.cast(self.renorm_mean, dtype), shape),
-            ops.reshape(ops.cast(self.renorm_stddev, dtype), shape),
+            backend_ops.reshape(_cast(self.renorm_mean, dtype), shape),
+            backend_ops.reshape(_cast(self.renorm_stddev, dtype), shape),
             self.epsilon, self.renorm_clipping,
         )
         return r * gamma, d * gamma + beta
@@ -645,7 +645,7 @@ class BatchNormalization(keras.layers.Layer):
         shape = self._broadcast_shape(x)
         if shape[-len(self._param_shape):] == list(self._param_shape):
             shape = None  # channels last: the vectors broadcast as they are
-        reshape = lambda t: t if t is None or shape is None else ops.reshape(t, shape)  # noqa: E731
+        reshape = lambda t: t if t is None or shape is None else backend_ops.reshape(t, shape)  # noqa: E731
         return statistics.normalize_moving(
             x, reshape(mean), reshape(variance), reshape(gamma), reshape(beta),
             self.epsilon,
