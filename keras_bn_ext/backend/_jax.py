@@ -56,9 +56,16 @@ def flush():
 
 
 def value_moved_to_trainer(variable):
-    """Keras's JAX trainer moves variable values into its compiled function
-    (`_value` is None while predict/evaluate run)."""
-    return getattr(variable, "_value", 0) is None
+    """Keras's JAX trainer moves variable values into its compiled function:
+    predict/evaluate purge them (`_value` is None), predict_on_batch and
+    test_on_batch do not, but there too the function sees them as tracers
+    (its arguments, in a stateless scope), which no host read can see."""
+    if getattr(variable, "_value", 0) is None:
+        return True
+    try:
+        return isinstance(variable.value, jax.core.Tracer)
+    except Exception:
+        return False
 
 
 def call_on_host_if(predicate, fn):

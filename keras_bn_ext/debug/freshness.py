@@ -24,7 +24,8 @@ class NeverUpdatedWarning(UserWarning):
     """Inference ran on moving statistics that were never updated.
 
     Given once per layer, pointing at the user's line that ran the inference
-    (a direct call, `predict()`, `evaluate()`). To silence it:
+    (a direct call, `predict()`, `evaluate()`, `predict_on_batch()`,
+    `test_on_batch()`). To silence it:
     `warnings.filterwarnings("ignore", category=keras_bn_ext.NeverUpdatedWarning)`.
     """
 
@@ -106,7 +107,10 @@ class NeverUpdatedCheck:
 
     def on_device(self):
         """A traced boolean: the moving statistics hold their initial values
-        (None where a random initializer leaves nothing to compare with)."""
+        (None where a random initializer leaves nothing to compare with).
+        Call it while tracing, on the user's thread: the warning it leads to
+        may come from a backend's callback thread, with no user frame."""
+        self.note_caller()
         layer = self.layer
         if layer.num_batches_tracked is not None:
             return ops.equal(layer.num_batches_tracked, 0)
