@@ -681,13 +681,14 @@ def test_no_host_callback_when_off(monkeypatch):
         model.predict(SEED_INPUT, batch_size=2, verbose=0)
     assert calls == []
     # On: the same calls go through the host callback (torch: every call;
-    # tf/jax: eager calls, and predict's trace).
+    # tf: eager calls, and predict's trace; jax: eager calls, while predict's
+    # records leave with its outputs).
     with debug.capture(model) as records:
         layer(X[:4, :2], training=True)
         layer(X[:4, :2], training=False)
         model.predict(SEED_INPUT, batch_size=2, verbose=0)
     assert len(records) == 3
-    assert len(calls) == 3
+    assert len(calls) == (2 if BACKEND == "jax" else 3)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="jaxpr")

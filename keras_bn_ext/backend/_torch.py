@@ -132,7 +132,9 @@ def host_callback(fn, payload):
 def _run_on_host(fn, payload):
     # Under torch.compile (jit_compile=True) this is a graph break: the
     # callback runs eagerly at every real execution, as in eager mode.
-    fn(**to_numpy(payload, lambda t: t.detach().cpu().numpy()))
+    # A copy: a CPU tensor's .numpy() shares its memory, and a record of the
+    # moving statistics must not change when the variables are next assigned.
+    fn(**to_numpy(payload, lambda t: t.detach().cpu().numpy().copy()))
 
 
 def host_value(variable):

@@ -1,4 +1,5 @@
-"""One host callback per compiled step, carrying every layer's record.
+"""One host callback per compiled step, carrying every layer's record; on
+JAX, no callback at all in Keras's compiled steps.
 
 A host callback costs ~0.1-0.5 ms on JAX whatever it carries (plus ~20 us
 per argument), so a model with 50 BatchNormalization layers would pay it 50
@@ -8,13 +9,21 @@ steps `debug.retrace(model)` wraps, which `debug.capture(model)` and
 of the step one callback carries them all, packed in a single array; on the
 host they are unpacked and the records made in the layers' order. Outside
 such a step (eager calls, user jit functions), each call makes its own
-callback.
+callback, its payload packed the same way.
+
+On JAX, a compiled function with any host callback also loses JAX's C++
+dispatch path: each call then costs Python work per argument, ~2 ms for a
+train step with 10 layers' state. So in Keras's JAX train/test/predict
+steps (one step per execution) the packed array is returned with the
+step's outputs instead, and the records are made on the host when the step
+returns: no callback, same records, same order.
 """
 
 import contextlib
 import functools
 import threading
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -53,6 +62,16 @@ def one_per_step():
 
 
 def _issue(queued):
+    backend_ops.host_callback(_run_packed, {"packed": _pack(queued)})
+
+
+# id -> (functions, layout) of each packed form traced; the id travels as
+# the packed array's first element, so the host knows how to unpack it.
+_layouts: dict[int, tuple] = {}
+
+
+def _pack(queued):
+    """One flat array carrying every queued payload, led by its layout id."""
     payloads = [
         {key: ops.convert_to_tensor(value) for key, value in payload.items()}
         for _, payload in queued
@@ -61,7 +80,8 @@ def _issue(queued):
     # float64 statistics (float64 inputs) keep their precision.
     dtypes = {str(v.dtype) for payload in payloads for v in payload.values()}
     packed_dtype = "float64" if "float64" in dtypes else "float32"
-    tensors, layout = [], []
+    layout_id = len(_layouts) + 1
+    tensors, layout = [ops.full((1,), layout_id, packed_dtype)], []
     for payload in payloads:
         fields = []
         for key, value in payload.items():
@@ -72,44 +92,56 @@ def _issue(queued):
                 tensors.append(ops.stack(
                     [ops.cast(d, packed_dtype) for d in ops.shape(value)]
                 ))
-            fields.append((key, shape, str(value.dtype)))
+            size = None if None in shape else int(np.prod(shape, dtype=np.int64))
+            fields.append((key, shape, size, _restorer(str(value.dtype))))
             tensors.append(ops.reshape(ops.cast(value, packed_dtype), [-1]))
         layout.append(fields)
-    packed = ops.concatenate(tensors) if len(tensors) > 1 else tensors[0]
-    functions = [fn for fn, _ in queued]
-    backend_ops.host_callback(
-        functools.partial(_unpack_and_run, functions, layout), {"packed": packed}
-    )
+    _layouts[layout_id] = ([fn for fn, _ in queued], layout)
+    return ops.concatenate(tensors)
 
 
-def _unpack_and_run(functions, layout, packed):
+def _run_packed(packed):
+    """Makes the records of one or more packed arrays laid end to end (a
+    JAX predict with steps_per_execution > 1 concatenates its steps')."""
+    packed = np.asarray(packed).reshape(-1)
     offset = 0
+    while offset < packed.size:
+        functions, layout = _layouts[int(packed[offset])]
+        offset = _unpack_and_run(functions, layout, packed, offset + 1)
+
+
+def _unpack_and_run(functions, layout, packed, offset):
+    """Runs each function on its fields, read from `packed` at `offset`;
+    returns the offset after them."""
     for fn, fields in zip(functions, layout):
         values = {}
-        for key, shape, dtype in fields:
-            if None in shape:
+        for key, shape, size, restore in fields:
+            if size is None:
                 shape = tuple(int(d) for d in packed[offset:offset + len(shape)])
                 offset += len(shape)
-            size = int(np.prod(shape, dtype=np.int64))
-            flat = packed[offset:offset + size]
+                size = int(np.prod(shape, dtype=np.int64))
+            values[key] = restore(packed[offset:offset + size].reshape(shape))
             offset += size
-            values[key] = _restore(flat.reshape(shape), dtype)
         fn(**values)
+    return offset
 
 
-def _restore(array, dtype):
+def _restorer(dtype):
+    """The function giving a field its dtype back from the packed floats."""
     if "bool" in dtype:
-        return array > 0.5
+        return lambda array: array > 0.5
     if "int" in dtype:
-        return np.rint(array).astype(np.int64)
-    return array
+        return lambda array: np.rint(array).astype(np.int64)
+    return lambda array: array
 
 
 def wrap_steps(model):
     """Makes `model`'s train/test/predict steps issue one callback each (once
-    per model; `debug.retrace` calls it)."""
+    per model; `debug.retrace` calls it); on JAX, return their records."""
     if getattr(model, "_keras_bn_ext_steps_wrapped", False):
         return
+    if keras.backend.backend() == "jax":
+        _return_records_from_jax_steps(model)
     # JAX's trainer differentiates `compute_loss_and_updates`: the queued
     # values are tracers of that transformation and must be issued inside it
     # (the nested queue does; the outer step's queue then stays empty).
@@ -127,3 +159,116 @@ def _one_per_step(step):
             return step(*args, **kwargs)
 
     return wrapped
+
+
+# Keras's JAX steps -------------------------------------------------------------
+
+_RECORDS = "_keras_bn_ext_records"
+_OUTPUTS = "_keras_bn_ext_outputs"
+
+
+def _return_records_from_jax_steps(model):
+    """Keras's JAX `train_step`/`test_step` return `(logs, state)` and
+    `predict_step` `(outputs, state)`, one step per compiled call: the
+    packed records leave as one more log (or beside the outputs) and the
+    functions `make_*_function` builds take them out and make the records.
+
+    Inside `jax.value_and_grad` the statistics are tracers of the gradient:
+    `compute_loss_and_updates` returns them through its auxiliary outputs
+    (appended to the non-trainable variables, which the step passes through
+    untouched) and the step takes them back. With `steps_per_execution > 1`
+    only the last step's logs come back: train and test steps then keep one
+    callback per step (predict concatenates every step's outputs: no need).
+    """
+    clu = model.compute_loss_and_updates
+
+    @functools.wraps(clu)
+    def compute_loss_and_updates(*args, **kwargs):
+        if not getattr(_state, "returning", False):
+            return clu(*args, **kwargs)
+        _state.returning = False  # nested calls (none in Keras) call back
+        queued = []
+        with _queue_into(queued):
+            loss, (unscaled, y_pred, non_trainable, metrics) = clu(*args, **kwargs)
+        if queued:
+            non_trainable = list(non_trainable) + [_pack(queued)]
+        return loss, (unscaled, y_pred, non_trainable, metrics)
+
+    def logs_step(step):
+        @functools.wraps(step)
+        def wrapped(state, data):
+            if model.steps_per_execution > 1:
+                return step(state, data)
+            _state.returning = True
+            try:
+                logs, state = step(state, data)
+            finally:
+                _state.returning = False
+            expected = len(model.non_trainable_variables)
+            if len(state[1]) == expected + 1:
+                logs = dict(logs)
+                logs[_RECORDS] = state[1][-1]
+                state = (state[0], list(state[1][:expected])) + tuple(state[2:])
+            return logs, state
+
+        return wrapped
+
+    predict_step = model.predict_step
+
+    @functools.wraps(predict_step)
+    def predict_with_records(state, data):
+        queued = []
+        with _queue_into(queued):
+            outputs, non_trainable = predict_step(state, data)
+        if queued:
+            outputs = {_OUTPUTS: outputs, _RECORDS: _pack(queued)}
+        return outputs, non_trainable
+
+    model.compute_loss_and_updates = compute_loss_and_updates
+    model.train_step = logs_step(model.train_step)
+    model.test_step = logs_step(model.test_step)
+    model.predict_step = predict_with_records
+    for make, attr in (("make_train_function", "train_function"),
+                       ("make_test_function", "test_function"),
+                       ("make_predict_function", "predict_function")):
+        setattr(model, make, _making_records(model, getattr(model, make), attr))
+
+
+def _making_records(model, make, attr):
+    """`make_*_function`, whose function makes the records its steps return."""
+
+    @functools.wraps(make)
+    def wrapped(force=False):
+        make(force=force)
+        function = getattr(model, attr)
+        if function is not None and not hasattr(function, "_keras_bn_ext"):
+            setattr(model, attr, _records_taken_out(function))
+        return getattr(model, attr)
+
+    return wrapped
+
+
+def _records_taken_out(function):
+    @functools.wraps(function)
+    def wrapped(state, iterator):
+        outputs, state = function(state, iterator)
+        if isinstance(outputs, dict) and _RECORDS in outputs:
+            _run_packed(outputs[_RECORDS])
+            if _OUTPUTS in outputs:
+                outputs = outputs[_OUTPUTS]
+            else:
+                outputs = {k: v for k, v in outputs.items() if k != _RECORDS}
+        return outputs, state
+
+    wrapped._keras_bn_ext = True
+    return wrapped
+
+
+@contextlib.contextmanager
+def _queue_into(queued):
+    outer = getattr(_state, "queue", None)
+    _state.queue = queued
+    try:
+        yield
+    finally:
+        _state.queue = outer
