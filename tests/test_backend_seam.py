@@ -13,7 +13,7 @@ from keras_bn_ext import backend
 OVERRIDES = {
     "_jax": [
         "custom_vjp", "flush", "host_callback", "host_value", "stages_callbacks",
-        "value_moved_to_trainer", "call_on_host_if", "widest_float",
+        "value_moved_to_trainer", "call_on_host_if", "widest_float", "stored_value",
     ],
     "_tensorflow": [
         "all_reduce_sum", "callbacks_supported", "channel_sum", "custom_vjp",

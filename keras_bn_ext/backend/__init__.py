@@ -29,6 +29,8 @@ Host callbacks and variable reads:
   compiled step (JAX, tf.function), so several can be packed into one.
 - `host_value(variable)`: the variable's current value as NumPy, even while a
   function is being traced; `None` where it cannot be read.
+- `stored_value(variable)`: the value stored on the variable while a
+  stateless scope traces another (JAX), as NumPy; else None.
 - `value_moved_to_trainer(variable)` and `call_on_host_if(predicate, fn)`:
   Keras's JAX trainer moves variable values into compiled predict/evaluate,
   so a check of them must run on device and call back only when true.
@@ -84,6 +86,7 @@ __all__ = [
     "flush",
     "stages_callbacks",
     "host_value",
+    "stored_value",
     "value_moved_to_trainer",
     "call_on_host_if",
     "callbacks_supported",

@@ -81,6 +81,12 @@ def value_moved_to_trainer(variable):
     return False
 
 
+def stored_value(variable):
+    """The value stored on the variable where a stateless scope traces
+    another (JAX); None elsewhere: `host_value` already reads it."""
+    return None
+
+
 def call_on_host_if(predicate, fn):
     raise NotImplementedError  # never needed: variables are readable here
 

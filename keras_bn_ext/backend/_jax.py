@@ -51,6 +51,15 @@ def host_value(variable):
     return np.asarray(value)
 
 
+def stored_value(variable):
+    # The array the variable holds, even inside a stateless scope (where
+    # `.value` is the traced one); None once the trainer purged it.
+    value = getattr(variable, "_value", None)
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value)
+
+
 def flush():
     jax.effects_barrier()
 

@@ -105,6 +105,24 @@ class NeverUpdatedCheck:
             return None
         return self(moving_mean, moving_variance, counter)
 
+    def stored(self):
+        """Like `now()`, from the values stored on the variables even where a
+        stateless scope traces others (Keras's JAX predict_on_batch, a user's
+        jit loop): a hint about the traced values, not them. None where the
+        trainer purged them (JAX predict/evaluate) or where nothing else is
+        stored."""
+        layer = self.layer
+        counter = None
+        if layer.num_batches_tracked is not None:
+            counter = backend_ops.stored_value(layer.num_batches_tracked)
+            if counter is None:
+                return None
+        moving_mean = backend_ops.stored_value(layer.moving_mean)
+        moving_variance = backend_ops.stored_value(layer.moving_variance)
+        if moving_mean is None or moving_variance is None:
+            return None
+        return self(moving_mean, moving_variance, counter)
+
     def on_device(self):
         """A traced boolean: the moving statistics hold their initial values
         (None where a random initializer leaves nothing to compare with).

@@ -388,6 +388,7 @@ class BatchNormalization(keras.layers.Layer):
             tf_keras.fit_shape(value, variable.shape)
             for value, variable in zip(weights, self.weights)
         ] + list(weights[len(self.weights):]))
+        self._note_host_statistics()
 
     def load_own_variables(self, store):
         # Weights saved in tf-keras's shapes (a layer made from a tf-keras
@@ -398,6 +399,16 @@ class BatchNormalization(keras.layers.Layer):
             if str(i) in store:
                 store[str(i)] = tf_keras.fit_shape(store[str(i)], variable.shape)
         super().load_own_variables(store)
+        self._note_host_statistics()
+
+    def _note_host_statistics(self):
+        """After weights are set on the host: if the moving statistics are
+        not their initial values, no seed warning is due. Keras's JAX
+        predict/evaluate hide the values from the trace, where the check
+        would otherwise be compiled in (and a host callback costs JAX its
+        fast dispatch path on every later call)."""
+        if self._never_updated.now() is False:
+            self._checked_fresh_statistics = True
 
     # Debugging API -----------------------------------------------------------
 
@@ -672,6 +683,8 @@ class BatchNormalization(keras.layers.Layer):
         if fresh:
             self._never_updated.warn()
         elif fresh is None and backend_ops.value_moved_to_trainer(self.moving_mean):
+            if self._never_updated.stored() is False:
+                return  # the stored values were updated: no check compiled in
             predicate = self._never_updated.on_device()
             if predicate is not None:
                 backend_ops.call_on_host_if(predicate, self._never_updated.warn)
