@@ -244,7 +244,10 @@ class BatchNormalization(keras.layers.Layer):
             )
         shape = tuple(input_shape[a] for a in channel_axes)
         self._channel_axes = channel_axes
-        self._reduction_axes = [i for i in range(ndim) if i not in channel_axes]
+        # A tuple: Keras tracks a list attribute as a TrackedList, which
+        # torch.compile cannot pass to torch.sum(dim=...): it broke the graph
+        # inside Keras's name_scope, and dynamo ran the call in pieces.
+        self._reduction_axes = tuple(i for i in range(ndim) if i not in channel_axes)
         self._param_shape = shape
         self._variable_shape = shape
         if self._from_tf_keras:
@@ -576,10 +579,24 @@ class BatchNormalization(keras.layers.Layer):
         # (x_hat * r + d) * gamma + beta == x_hat * (r * gamma) + (d * gamma + beta)
         dtype = variance.dtype
         shape = ops.shape(variance)
+        renorm_mean = _cast(self.renorm_mean, dtype)
+        renorm_stddev = _cast(self.renorm_stddev, dtype)
+        if backend_ops.is_compiling():
+            # torch.compile's partitioner (AOTAutograd) would rather
+            # recompute r and d in the backward from the renorm variables
+            # themselves than save them, but the update below assigns those
+            # variables in place before the backward runs: it then used the
+            # new values (wrong gradients), or failed ("modified by an
+            # inplace operation") where a graph break left the update out of
+            # the graph. It does not recompute a stack (cat is not on its
+            # list of recomputable ops), so the backward reads this copy of
+            # the values before the update.
+            snapshot = ops.stack([renorm_mean, renorm_stddev])
+            renorm_mean, renorm_stddev = snapshot[0], snapshot[1]
         r, d = statistics.renorm_corrections(
             mean, variance,
-            backend_ops.reshape(_cast(self.renorm_mean, dtype), shape),
-            backend_ops.reshape(_cast(self.renorm_stddev, dtype), shape),
+            backend_ops.reshape(renorm_mean, shape),
+            backend_ops.reshape(renorm_stddev, shape),
             self.epsilon, self.renorm_clipping,
         )
         return r * gamma, d * gamma + beta
