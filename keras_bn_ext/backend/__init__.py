@@ -32,7 +32,8 @@ Host callbacks and variable reads:
 - `stored_value(variable)`: the value stored on the variable while a
   stateless scope traces another (JAX), as NumPy; else None.
 - `value_moved_to_trainer(variable)` and `call_on_host_if(predicate, fn)`:
-  Keras's JAX trainer moves variable values into compiled predict/evaluate,
+  Keras's JAX trainer moves variable values into its compiled functions
+  (predict/evaluate purge them; predict_on_batch/test_on_batch trace them),
   so a check of them must run on device and call back only when true.
 - `callbacks_supported()`: `(ok, why_not)` for the current tracing context.
 - `is_shape_inference()`: inside Keras's shape-inference pass (symbolic
