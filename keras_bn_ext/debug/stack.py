@@ -39,18 +39,19 @@ def _library_prefixes() -> tuple[str, ...]:
     return tuple(prefixes)
 
 
-def _is_library_file(filename: str) -> bool:
+def _is_library_file(filename: str, prefixes: tuple[str, ...]) -> bool:
     if os.path.basename(filename).startswith("__autograph_generated_file"):
         return True  # TensorFlow's AutoGraph rewrites of Keras's step functions
-    return os.path.abspath(filename).startswith(_library_prefixes())
+    return os.path.abspath(filename).startswith(prefixes)
 
 
 def _user_frame(frame):
     """`(stacklevel relative to frame, user frame)`, or `(depth, None)`
     where every frame is a library's (depth: the outermost frame's level)."""
+    prefixes = _library_prefixes()  # once per walk: ~25 frames deep
     level = 1
     while True:
-        if not _is_library_file(frame.f_code.co_filename):
+        if not _is_library_file(frame.f_code.co_filename, prefixes):
             return level, frame
         if frame.f_back is None:
             return level, None
