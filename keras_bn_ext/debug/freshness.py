@@ -93,17 +93,7 @@ class NeverUpdatedCheck:
 
     def now(self):
         """True/False from the variables' host values; None if unreadable."""
-        layer = self.layer
-        counter = None
-        if layer.num_batches_tracked is not None:
-            counter = backend_ops.host_value(layer.num_batches_tracked)
-            if counter is None:
-                return None
-        moving_mean = backend_ops.host_value(layer.moving_mean)
-        moving_variance = backend_ops.host_value(layer.moving_variance)
-        if moving_mean is None or moving_variance is None:
-            return None
-        return self(moving_mean, moving_variance, counter)
+        return self._from(backend_ops.host_value)
 
     def stored(self):
         """Like `now()`, from the values stored on the variables even where a
@@ -111,14 +101,18 @@ class NeverUpdatedCheck:
         jit loop): a hint about the traced values, not them. None where the
         trainer purged them (JAX predict/evaluate) or where nothing else is
         stored."""
+        return self._from(backend_ops.stored_value)
+
+    def _from(self, read):
+        """The check on the values `read(variable)` gives; None if any is."""
         layer = self.layer
         counter = None
         if layer.num_batches_tracked is not None:
-            counter = backend_ops.stored_value(layer.num_batches_tracked)
+            counter = read(layer.num_batches_tracked)
             if counter is None:
                 return None
-        moving_mean = backend_ops.stored_value(layer.moving_mean)
-        moving_variance = backend_ops.stored_value(layer.moving_variance)
+        moving_mean = read(layer.moving_mean)
+        moving_variance = read(layer.moving_variance)
         if moving_mean is None or moving_variance is None:
             return None
         return self(moving_mean, moving_variance, counter)
