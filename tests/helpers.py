@@ -9,6 +9,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -77,3 +78,15 @@ def assert_explains_predict(out):
     assert "y ≈ x / sqrt(1.001) per channel" in out
     assert "[[-0.9995 -0.9995]\n [ 0.9995  0.9995]]" in out
     assert "batch statistics, mean [1. 2.], variance [1. 1.], count 2" in out
+
+
+def never_updated_warnings(run):
+    """The `NeverUpdatedWarning`s that `run()` gives (every one, not once)."""
+    import keras_bn_ext
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [
+        w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)
+    ]

@@ -4,11 +4,11 @@ loading or `set_weights` with trained statistics, or where the values stored
 on the variables were updated (JAX's predict_on_batch). On JAX a compiled
 host callback would cost every later call JAX's fast dispatch path."""
 
-import warnings
 
 import keras
 import numpy as np
 import pytest
+from helpers import never_updated_warnings
 
 import keras_bn_ext
 from keras_bn_ext import backend as backend_ops
@@ -39,13 +39,13 @@ def compiled_checks(monkeypatch):
 
 
 def _predict_all_ways(model):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    def run():
         model.predict(X, verbose=0)
         model.predict_on_batch(X)
         model.evaluate(X, X[:, :1], verbose=0)
         model.test_on_batch(X, X[:, :1])
-    return [w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)]
+
+    return never_updated_warnings(run)
 
 
 def test_after_fit(compiled_checks):
@@ -86,9 +86,7 @@ def test_an_assigned_model_compiles_no_check_where_values_are_stored(compiled_ch
     # (JAX traces them in a stateless scope) and compile nothing.
     model = _model()
     model.get_layer("bn").moving_mean.assign(np.full(3, 2.0, "float32"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.predict_on_batch(X)
-        model.test_on_batch(X, X[:, :1])
-    assert not [w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)]
+    assert never_updated_warnings(
+        lambda: (model.predict_on_batch(X), model.test_on_batch(X, X[:, :1]))
+    ) == []
     assert compiled_checks == []

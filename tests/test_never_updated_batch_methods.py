@@ -8,11 +8,11 @@ for these two methods without purging the variables (as `predict()` and
 tracing and must check them on device.
 """
 
-import warnings
 
 import keras
 import numpy as np
 import pytest
+from helpers import never_updated_warnings  # noqa: E402
 
 import keras_bn_ext
 
@@ -25,15 +25,6 @@ def _model(**bn_kwargs):
     )
     model.compile(optimizer="sgd", loss="mse")
     return model
-
-
-def _never_updated_warnings(run):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run()
-    return [
-        w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)
-    ]
 
 
 def _assert_one_warning_at(caught, line):
@@ -58,7 +49,7 @@ def test_a_batch_method_warns_once_at_the_users_line(method, track_updates):
         for _ in range(3):
             runs[method]()
 
-    caught = _never_updated_warnings(run_three_times)
+    caught = never_updated_warnings(run_three_times)
     _assert_one_warning_at(caught, f'"{method}": lambda')
     layer = model.layers[-1]
     assert repr(layer.name) in str(caught[0].message)
@@ -74,7 +65,7 @@ def test_once_per_layer_across_methods():
         model.evaluate(X, X, verbose=0)
         model(X)
 
-    caught = _never_updated_warnings(run_all)
+    caught = never_updated_warnings(run_all)
     _assert_one_warning_at(caught, "model.predict_on_batch(X)  # the first")
 
 
@@ -86,7 +77,7 @@ def test_no_warning_once_trained(method):
         "predict_on_batch": lambda: model.predict_on_batch(X),
         "test_on_batch": lambda: model.test_on_batch(X, X),
     }
-    assert _never_updated_warnings(runs[method]) == []
+    assert never_updated_warnings(runs[method]) == []
 
 
 def test_no_warning_for_loaded_statistics():
@@ -95,4 +86,4 @@ def test_no_warning_for_loaded_statistics():
     layer = model.layers[-1]
     layer.moving_mean.assign(np.full((3,), 0.5, "float32"))
     layer.moving_variance.assign(np.full((3,), 2.0, "float32"))
-    assert _never_updated_warnings(lambda: model.predict_on_batch(X)) == []
+    assert never_updated_warnings(lambda: model.predict_on_batch(X)) == []

@@ -1,21 +1,12 @@
 """Warnings point at the user's line, not at a line inside the library."""
 
-import warnings
 
 import keras
 import numpy as np
 import pytest
+from helpers import never_updated_warnings  # noqa: E402
 
 import keras_bn_ext
-
-
-def _never_updated_warnings(run):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run()
-    return [
-        w for w in caught if issubclass(w.category, keras_bn_ext.NeverUpdatedWarning)
-    ]
 
 
 def _in_capture(model, x):
@@ -39,7 +30,7 @@ def test_never_updated_warning_names_the_callers_line(how):
         # Records on: TensorFlow warns from its callback thread.
         "predict in capture": lambda: _in_capture(model, x),
     }
-    caught = _never_updated_warnings(runs[how])
+    caught = never_updated_warnings(runs[how])
     line = {"predict in capture": "model.predict(x, verbose=0)  # in capture"}.get(
         how, f'"{how}": lambda'
     )
