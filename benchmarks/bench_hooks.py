@@ -48,7 +48,7 @@ def steps(layers, x):
     def step(model):
         def run():
             model.train_on_batch(x, x)
-            keras_bn_ext.backend.flush()
+            keras_bn_ext.debug.step_callbacks.flush()
 
         return run
 

@@ -140,3 +140,89 @@ def test_a_step_without_records_returns_what_keras_returns():
     logs = model.train_on_batch(x, x, return_dict=True)
     assert sorted(logs) == ["loss"]
     assert model.predict(x, verbose=0).shape == (8, 4)
+
+
+class _BatchEndReader(keras.callbacks.Callback):
+    """Reads the hook's records at every batch end, as a user's callback
+    would (a callback with batch-end methods runs in step with fit)."""
+
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(("train", batch, len(self.records)))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.seen.append(("test", batch, len(self.records)))
+
+
+def test_a_steps_records_are_made_before_its_callbacks_run():
+    model = _model(2)
+    x = np.random.RandomState(2).normal(size=(24, 4)).astype("float32")
+    with keras_bn_ext.debug.capture(model) as records:
+        reader = _BatchEndReader(records)
+        model.fit(x, x, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[reader])
+        model.evaluate(x, x, batch_size=8, verbose=0, callbacks=[reader])
+    # Two records a step (two layers), all there when the step's callbacks
+    # look: none behind, none ahead.
+    assert reader.seen == [
+        ("train", 0, 2), ("train", 1, 4), ("train", 2, 6),
+        ("test", 0, 8), ("test", 1, 10), ("test", 2, 12),
+    ]
+
+
+@pytest.mark.skipif(
+    BACKEND == "tensorflow",
+    reason="TF's py_function runs inside the step, beside its variable writes",
+)
+def test_train_on_batch_hooks_run_after_the_models_state_is_synced():
+    # On JAX the records are made when train_on_batch reads the step's logs,
+    # after the new values are back on the variables (the host did not wait
+    # for the step before syncing them): a hook sees the layer as updated.
+    model = _model(1)
+    layer = model.get_layer("bn0")
+    x = np.random.RandomState(3).normal(size=(8, 4)).astype("float32")
+    seen = []
+
+    def hook(record):
+        seen.append((record.moving_mean, keras.ops.convert_to_numpy(layer.moving_mean)))
+
+    handle = layer.add_debug_hook(hook)
+    keras_bn_ext.debug.retrace(model)
+    try:
+        for _ in range(2):
+            model.train_on_batch(x, x)
+            assert len(seen) == 1  # made before train_on_batch returned
+            in_record, on_variable = seen.pop()
+            np.testing.assert_allclose(on_variable, in_record, rtol=1e-6)
+    finally:
+        handle.remove()
+        keras_bn_ext.debug.retrace(model)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX returns the records with the step")
+def test_jax_train_function_returns_before_its_records_are_made():
+    from keras_bn_ext.debug import step_callbacks
+
+    model = _model(1)
+    x = np.random.RandomState(4).normal(size=(8, 4)).astype("float32")
+    with keras_bn_ext.debug.capture(model) as records:
+        model.train_on_batch(x, x)  # compiles; its records are made
+        assert len(records) == 1
+        model.make_train_function()
+        state = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.optimizer.variables],
+            [v.value for v in model.metrics_variables],
+        )
+        logs, state = model.train_function(state, iter([(x, x, None)]))
+        assert len(records) == 1  # not waited for: the host runs ahead
+        assert "loss" in logs  # reading the logs makes the step's records
+        assert len(records) == 2
+        model.train_function(state, iter([(x, x, None)]))
+        step_callbacks.flush()  # as does a flush
+        assert len(records) == 3

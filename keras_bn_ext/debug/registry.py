@@ -144,7 +144,7 @@ def capture(model: keras.Model | None = None) -> Iterator[list[StatsRecord]]:
     try:
         yield records
     finally:
-        backend_ops.flush()
+        step_callbacks.flush()
         # By identity: another open capture may hold an equal list, and
         # `reset()` may already have ended this one.
         _captures[:] = [other for other in _captures if other is not records]

@@ -15,8 +15,12 @@ On JAX, a compiled function with any host callback also loses JAX's C++
 dispatch path: each call then costs Python work per argument, ~2 ms for a
 train step with 10 layers' state. So in Keras's JAX train/test/predict
 steps (one step per execution) the packed array is returned with the
-step's outputs instead, and the records are made on the host when the step
-returns: no callback, same records, same order.
+step's outputs instead: no callback, same records, same order. A train or
+test step's records are made when its logs are first read (by `fit`'s
+callbacks, `train_on_batch`'s return, ...), when the next step has been
+dispatched, or at `flush()`, whichever comes first: blocking on the step as
+soon as it returns would stop the host from running ahead (syncing state,
+preparing the next batch) while the device computes.
 """
 
 import contextlib
@@ -252,16 +256,86 @@ def _records_taken_out(function):
     @functools.wraps(function)
     def wrapped(state, iterator):
         outputs, state = function(state, iterator)
+        # This step is dispatched: the device stays busy while the host
+        # makes the records of the steps before it.
+        make_pending_records()
         if isinstance(outputs, dict) and _RECORDS in outputs:
-            _run_packed(outputs[_RECORDS])
             if _OUTPUTS in outputs:
-                outputs = outputs[_OUTPUTS]
-            else:
-                outputs = {k: v for k, v in outputs.items() if k != _RECORDS}
+                # Predict's outputs go straight to its callbacks and result.
+                _run_packed(outputs[_RECORDS])
+                return outputs[_OUTPUTS], state
+            _pending.append(outputs[_RECORDS])
+            outputs = _StepLogs(
+                {k: v for k, v in outputs.items() if k != _RECORDS}
+            )
         return outputs, state
 
     wrapped._keras_bn_ext = True
     return wrapped
+
+
+# Packed records of train/test steps that returned, oldest first, made by
+# `make_pending_records()`; a lock, since Keras may read logs (and so make
+# records) on its callback thread.
+_pending: list = []
+_pending_lock = threading.Lock()
+
+
+def make_pending_records():
+    """Makes the records of every step that returned so far, in order."""
+    if getattr(_state, "making", False):
+        return  # a hook flushing from inside a record: the loop goes on
+    with _pending_lock:
+        _state.making = True
+        try:
+            while _pending:
+                _run_packed(_pending.pop(0))
+        finally:
+            _state.making = False
+
+
+def flush():
+    """Every record of what ran so far is made (and every hook called)."""
+    make_pending_records()
+    backend_ops.flush()
+
+
+class _StepLogs(dict):
+    """A train/test step's logs, whose first reading makes the step's records
+    (and those of the steps before it): they are there when anything looks
+    at the step's results, the way a host callback's would be."""
+
+    def _read(self):
+        if _pending:
+            make_pending_records()
+
+    def __getitem__(self, key):
+        self._read()
+        return super().__getitem__(key)
+
+    def __iter__(self):
+        self._read()
+        return super().__iter__()
+
+    def __contains__(self, key):
+        self._read()
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self._read()
+        return super().get(key, default)
+
+    def items(self):
+        self._read()
+        return super().items()
+
+    def keys(self):
+        self._read()
+        return super().keys()
+
+    def values(self):
+        self._read()
+        return super().values()
 
 
 @contextlib.contextmanager

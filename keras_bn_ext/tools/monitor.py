@@ -12,8 +12,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_bn_ext import backend as backend_ops
 from keras_bn_ext import debug
+from keras_bn_ext.debug import step_callbacks
 from keras_bn_ext.tools.report import batch_norm_layers
 
 
@@ -242,7 +242,7 @@ class StatsMonitor(keras.callbacks.Callback):
             try:
                 return step(*args, **kwargs)
             finally:
-                backend_ops.flush()  # this step's records are in
+                step_callbacks.flush()  # this step's records are in
                 handle.remove()
 
         model.train_function = monitored_step
