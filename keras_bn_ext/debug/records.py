@@ -171,18 +171,23 @@ class RecordBuilder:
             flags.append("never_updated")
         if count is not None:
             count = np.asarray(count)
-            if not count.any():
-                flags.append("empty_batch")
-            elif not count.all():
-                flags.append("empty_channel")
+            if count.ndim == 0:  # no mask: one count for every channel
+                count = int(count)
+                if not count:
+                    flags.append("empty_batch")
+            else:
+                if not count.any():
+                    flags.append("empty_batch")
+                elif not count.all():
+                    flags.append("empty_channel")
+                if static["ghost"] and (count == count.flat[0]).all():
+                    # Every virtual batch counted the same (TensorFlow's
+                    # None batch pads and masks even when it divides): one
+                    # number, as on the other backends.
+                    count = count.flat[0]
+                count = int(count) if count.ndim == 0 else count.astype(int)
             if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
                 flags.append("nonfinite")
-            if static["ghost"] and (count == count.flat[0]).all():
-                # Every virtual batch counted the same (TensorFlow's None
-                # batch pads and masks even when it divides): one number,
-                # as on the other backends.
-                count = count.flat[0]
-            count = int(count) if count.ndim == 0 else count.astype(int)
         if (variance < layer.epsilon).any():
             flags.append("tiny_variance")
         updated = bool(updated)

@@ -124,19 +124,23 @@ def _unpack_and_run(functions, layout, packed, offset):
                 shape = tuple(int(d) for d in packed[offset:offset + len(shape)])
                 offset += len(shape)
                 size = int(np.prod(shape, dtype=np.int64))
-            values[key] = restore(packed[offset:offset + size].reshape(shape))
+            value = packed[offset:offset + size]
+            if value.shape != shape:
+                value = value.reshape(shape)
+            values[key] = value if restore is None else restore(value)
             offset += size
         fn(**values)
     return offset
 
 
 def _restorer(dtype):
-    """The function giving a field its dtype back from the packed floats."""
+    """The function giving a field its dtype back from the packed floats
+    (None for a float field, which needs none)."""
     if "bool" in dtype:
         return lambda array: array > 0.5
     if "int" in dtype:
         return lambda array: np.rint(array).astype(np.int64)
-    return lambda array: array
+    return None  # a float: as it is
 
 
 def wrap_steps(model):
