@@ -82,8 +82,8 @@ def moments(x, axes, mask=None, reduce=None):
         count = reduced_count(x, axes)
         local_shift = first_element(x, axes)
     else:
-        valid = ops.broadcast_to(mask, ops.shape(x))
-        count = ops.sum(ops.cast(valid, x.dtype), axis=axes, keepdims=True)
+        valid = mask  # broadcasts against x where it is used
+        count = masked_count(mask, x, axes)
         local_shift = _sum(_where(valid, x), axes) / _at_least_one(count)
     shift = ops.stop_gradient(local_shift)
     if reduce is not _no_reduce:
@@ -250,8 +250,9 @@ def _at_least_one(count):
 
 
 def _where(valid, x):
-    # where(), not x * weights, so that a NaN/inf at a masked position stays out.
-    return x if valid is None else ops.where(valid, x, ops.zeros_like(x))
+    # where(), not x * weights, so that a NaN/inf at a masked position stays
+    # out. A scalar zero: no full-size tensor of zeros to fill and read.
+    return x if valid is None else ops.where(valid, x, 0.0)
 
 
 def _sum(x, axes):
@@ -271,6 +272,19 @@ def reduced_count(x, axes):
     for a in axes:
         count = count * shape[a]
     return ops.cast(count, x.dtype)
+
+
+def masked_count(mask, x, axes):
+    """Elements of `x` per channel where `mask` (broadcastable to `x`) is
+    true (keepdims). Counted on the mask itself, usually without the
+    channel axis: no full-size copy of it is made and read."""
+    count = ops.sum(ops.cast(mask, x.dtype), axis=axes, keepdims=True)
+    shape = ops.shape(x)
+    for a in axes:
+        if mask.shape[a] == 1 and x.shape[a] != 1:
+            count = count * ops.cast(shape[a], x.dtype)  # broadcast along a
+    keepdims = [1 if a in axes else shape[a] for a in range(len(x.shape))]
+    return ops.broadcast_to(count, keepdims)
 
 
 def first_element(x, axes):
