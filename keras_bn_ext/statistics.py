@@ -304,9 +304,10 @@ def _validity(count, mean, variance, check_finite):
     non-finite channel means a bad batch, so no channel updates)."""
     valid = count > 0
     if check_finite:
-        # One check over both (each keras.ops call costs ~10 us on torch).
-        finite = ops.all(ops.isfinite(ops.concatenate([mean, variance])))
-        valid = ops.logical_and(valid, finite)
+        # v * 0 is 0 exactly when v is finite (NaN for inf and NaN), and
+        # tensor operators skip keras.ops' per-call work (~10 us on torch):
+        # one keras.ops call for the whole check.
+        valid = valid & ops.all(mean * 0.0 + variance * 0.0 == 0.0)
     return valid
 
 

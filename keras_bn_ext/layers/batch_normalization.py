@@ -35,6 +35,7 @@ def _cast(value, dtype):
     """`value` (a tensor or a variable) as a `dtype` tensor. `call` runs
     every step: skipping a cast that changes nothing saves `keras.ops`'
     per-call Python work (about 10 us each on torch)."""
+    dtype = keras.backend.standardize_dtype(dtype)  # e.g. torch.float32
     if isinstance(value, keras.Variable):
         if value.dtype == dtype:
             return value.value
@@ -336,7 +337,8 @@ class BatchNormalization(keras.layers.Layer):
         updated = None
         if decision.update:
             updated = self._update_moving_statistics(batch, x.dtype)
-            self._checked_fresh_statistics = True  # it trains: no seed warning
+            if not self._checked_fresh_statistics:  # (a Keras setattr: 20 us)
+                self._checked_fresh_statistics = True  # it trains: no seed warning
 
         # 4. Normalize with the moving statistics.
         if batch is None:
