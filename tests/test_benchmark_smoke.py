@@ -88,3 +88,17 @@ def test_step_bytes_counts_passes():
     case = bench_steps.Case("dense", (4, 8), -1)
     assert bench_steps.step_bytes(case, "infer") == 2 * 32 * 4
     assert bench_steps.step_bytes(case, "train") == 8 * 32 * 4
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's native kernel only")
+def test_torch_floor_prints_every_step_against_native(capsys):
+    import torch_floor
+
+    torch_floor.main(["--shape", "2", "4", "4", "8", "--rounds", "1", "--target-s", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "step | ms | x native"
+    rows = dict(line.split(" | ", 1) for line in lines[2:])
+    assert list(rows) == [
+        "native", "keras minimal, no shift", "keras minimal, shifted", "keras_bn_ext",
+    ]
+    assert rows["native"].endswith("| 1.00")
