@@ -44,7 +44,8 @@ Compilation and evaluation:
 - `jit_compatible(debugging)`: whether a layer may be XLA-compiled now
   (TensorFlow cannot call back to Python from XLA, so not while debugging).
 - `set_model_jit(model, debugging)`: switches a compiled model's XLA setting
-  off while its layers debug, and back after (TensorFlow; else nothing).
+  off while its layers debug through host callbacks, and back after
+  (TensorFlow; else nothing).
 - `no_grad()`: a context that records no gradients (torch), for passes that
   only read statistics.
 """

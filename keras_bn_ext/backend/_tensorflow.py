@@ -94,7 +94,8 @@ def jit_compatible(debugging):
 
 def set_model_jit(model, debugging):
     """A model compiled with jit_compile=True runs as a plain tf.function
-    while any of its layers debugs; its XLA setting comes back after."""
+    while any of its layers debugs through host callbacks (`debugging`); its
+    XLA setting comes back after."""
     if not hasattr(model, "_jit_compile"):
         return
     saved = getattr(model, "_keras_bn_ext_saved_jit_compile", None)

@@ -110,7 +110,7 @@ class RecordBuilder:
         if backend_ops.stages_callbacks():
             self.never_updated.note_caller()
         ok, why_not = backend_ops.callbacks_supported()
-        if not ok:
+        if not ok and not step_callbacks.returns_with_step():
             if not self.warned_no_callbacks:
                 self.warned_no_callbacks = True
                 message = (

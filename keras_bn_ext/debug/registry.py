@@ -165,9 +165,12 @@ def retrace(model: keras.Model) -> keras.Model:
     Hooks are compiled in when a function is traced, so switching debugging
     on (or off) after `fit`/`predict` already ran needs a retrace: the next
     `fit`/`evaluate`/`predict` traces again and picks up the current hooks.
-    On TensorFlow, XLA (`jit_compile=True`) cannot call back to Python, so
-    while a layer is debugging the model runs as a plain `tf.function`; the
-    XLA setting comes back when debugging is off again.
+    On TensorFlow, XLA (`jit_compile=True`) cannot call back to Python: the
+    model's steps return their records with their outputs instead, and keep
+    XLA. Only where they cannot (a distribution strategy with several
+    replicas, `steps_per_execution > 1`) does the model run as a plain
+    `tf.function` while a layer is debugging; the XLA setting comes back
+    when debugging is off again.
 
     Returns:
         The model.
@@ -176,6 +179,7 @@ def retrace(model: keras.Model) -> keras.Model:
         if hasattr(model, name):
             setattr(model, name, None)
     debugging = any(layer.debugging for layer in _debuggable_layers(model))
-    backend_ops.set_model_jit(model, debugging)
-    step_callbacks.wrap_steps(model)  # one host callback per step
+    needs_callbacks = debugging and not step_callbacks.steps_return_records(model)
+    backend_ops.set_model_jit(model, needs_callbacks)
+    step_callbacks.wrap_steps(model)  # records leave with each step
     return model

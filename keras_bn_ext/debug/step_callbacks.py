@@ -1,5 +1,5 @@
 """One host callback per compiled step, carrying every layer's record; on
-JAX, no callback at all in Keras's compiled steps.
+JAX and TensorFlow, no callback at all in Keras's compiled steps.
 
 A host callback costs ~0.1-0.5 ms on JAX whatever it carries (plus ~20 us
 per argument), so a model with 50 BatchNormalization layers would pay it 50
@@ -20,7 +20,10 @@ test step's records are made when its logs are first read (by `fit`'s
 callbacks, `train_on_batch`'s return, ...), when the next step has been
 dispatched, or at `flush()`, whichever comes first: blocking on the step as
 soon as it returns would stop the host from running ahead (syncing state,
-preparing the next batch) while the device computes.
+preparing the next batch) while the device computes. TensorFlow's steps
+return their records the same way (no `tf.py_function`, which costs ~0.2 ms
+a step and rules out XLA), where a strategy's replicas do not each trace
+their own copy of the step.
 """
 
 import contextlib
@@ -56,11 +59,13 @@ def host_callback(fn, payload):
 def one_per_step():
     """Queues the callbacks made inside the block; issues one for all."""
     outer = getattr(_state, "queue", None)
-    _state.queue = queued = []
+    outer_returns = getattr(_state, "queue_returns", False)
+    _state.queue, _state.queue_returns = [], False
+    queued = _state.queue
     try:
         yield
     finally:
-        _state.queue = outer
+        _state.queue, _state.queue_returns = outer, outer_returns
     if queued:
         _issue(queued)
 
@@ -150,6 +155,8 @@ def wrap_steps(model):
         return
     if keras.backend.backend() == "jax":
         _return_records_from_jax_steps(model)
+    elif keras.backend.backend() == "tensorflow":
+        _return_records_from_tf_steps(model)
     # JAX's trainer differentiates `compute_loss_and_updates`: the queued
     # values are tracers of that transformation and must be issued inside it
     # (the nested queue does; the outer step's queue then stays empty).
@@ -257,25 +264,104 @@ def _making_records(model, make, attr):
 
 
 def _records_taken_out(function):
+    """The step function, taking out the records its steps return: JAX's
+    `function(state, iterator) -> (outputs, state)`, TensorFlow's
+    `function(iterator) -> outputs` (which traces its steps, in this
+    thread, the first time it runs)."""
+
     @functools.wraps(function)
-    def wrapped(state, iterator):
-        outputs, state = function(state, iterator)
+    def wrapped(*args):
+        _state.taking_out = True
+        try:
+            result = function(*args)
+        finally:
+            _state.taking_out = False
         # This step is dispatched: the device stays busy while the host
         # makes the records of the steps before it.
         make_pending_records()
-        if isinstance(outputs, dict) and _RECORDS in outputs:
-            if _OUTPUTS in outputs:
-                # Predict's outputs go straight to its callbacks and result.
-                _run_packed(outputs[_RECORDS])
-                return outputs[_OUTPUTS], state
-            _pending.append(outputs[_RECORDS])
-            outputs = _StepLogs(
-                {k: v for k, v in outputs.items() if k != _RECORDS}
-            )
-        return outputs, state
+        if isinstance(result, tuple):  # JAX: (outputs, state)
+            return (_take_out(result[0]),) + result[1:]
+        return _take_out(result)
 
     wrapped._keras_bn_ext = True
     return wrapped
+
+
+def _take_out(outputs):
+    if not (isinstance(outputs, dict) and _RECORDS in outputs):
+        return outputs
+    if _OUTPUTS in outputs:
+        # Predict's outputs go straight to its callbacks and result.
+        _run_packed(outputs[_RECORDS])
+        return outputs[_OUTPUTS]
+    _pending.append(outputs[_RECORDS])
+    return _StepLogs({k: v for k, v in outputs.items() if k != _RECORDS})
+
+
+# Keras's TensorFlow steps ------------------------------------------------------
+
+
+def _return_records_from_tf_steps(model):
+    """Keras's TensorFlow `train_step`/`test_step` return logs and
+    `predict_step` outputs; traced by a function of `make_*_function` (the
+    first time it runs), their packed records leave as one more log, or
+    beside the outputs, and that function takes them out: no
+    `tf.numpy_function` (about 0.2 ms a step on CPU), and records under XLA
+    too. Elsewhere (a distribution strategy's replicas, which trace in
+    threads of their own and make one record each; train and test with
+    `steps_per_execution > 1`, whose logs are the last step's; a step called
+    from the user's own function) the step keeps one callback.
+    """
+
+    def returning(step, outputs_key):
+        @functools.wraps(step)
+        def wrapped(data):
+            if not _returns_records(model, outputs_key):
+                return step(data)
+            queued = []
+            with _queue_into(queued):
+                outputs = step(data)
+            if not queued:
+                return outputs
+            if outputs_key == _OUTPUTS:
+                return {_OUTPUTS: outputs, _RECORDS: _pack(queued)}
+            return {**outputs, _RECORDS: _pack(queued)}
+
+        return wrapped
+
+    model.train_step = returning(model.train_step, _RECORDS)
+    model.test_step = returning(model.test_step, _RECORDS)
+    model.predict_step = returning(model.predict_step, _OUTPUTS)
+    for make, attr in (("make_train_function", "train_function"),
+                       ("make_test_function", "test_function"),
+                       ("make_predict_function", "predict_function")):
+        setattr(model, make, _making_records(model, getattr(model, make), attr))
+
+
+def _returns_records(model, outputs_key):
+    if not getattr(_state, "taking_out", False) or backend_ops.is_distributed():
+        return False
+    # Predict concatenates every step's outputs (records included); train
+    # and test keep only the last step's logs.
+    return outputs_key == _OUTPUTS or model.steps_per_execution == 1
+
+
+def steps_return_records(model):
+    """Whether `model`'s compiled train/test/predict steps return their
+    records (JAX; TensorFlow with one replica and one step per execution):
+    no host callback in them, so TensorFlow may keep XLA while debugging."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return (
+        keras.backend.backend() in ("jax", "tensorflow")
+        and getattr(strategy, "num_replicas_in_sync", 1) == 1
+        and getattr(model, "steps_per_execution", 1) == 1
+    )
+
+
+def returns_with_step():
+    """Whether records made now leave with a compiled step's outputs (no
+    host callback needed, so XLA is no obstacle)."""
+    return getattr(_state, "queue_returns", False)
 
 
 # Packed records of train/test steps that returned, oldest first, made by
@@ -344,9 +430,12 @@ class _StepLogs(dict):
 
 @contextlib.contextmanager
 def _queue_into(queued):
+    """Queues the payloads made inside the block into `queued`, which the
+    caller returns with the step's outputs."""
     outer = getattr(_state, "queue", None)
-    _state.queue = queued
+    outer_returns = getattr(_state, "queue_returns", False)
+    _state.queue, _state.queue_returns = queued, True
     try:
         yield
     finally:
-        _state.queue = outer
+        _state.queue, _state.queue_returns = outer, outer_returns
