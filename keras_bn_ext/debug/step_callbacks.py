@@ -306,7 +306,7 @@ def _return_records_from_tf_steps(model):
     `predict_step` outputs; traced by a function of `make_*_function` (the
     first time it runs), their packed records leave as one more log, or
     beside the outputs, and that function takes them out: no
-    `tf.numpy_function` (about 0.2 ms a step on CPU), and records under XLA
+    `tf.py_function` (about 0.2 ms a step on CPU), and records under XLA
     too. Elsewhere (a distribution strategy's replicas, which trace in
     threads of their own and make one record each; train and test with
     `steps_per_execution > 1`, whose logs are the last step's; a step called
