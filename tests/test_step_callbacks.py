@@ -128,8 +128,8 @@ def test_every_trainer_entry_point_gives_one_record_per_layer_and_step(
     # The evaluate records normalize with the moving statistics fit left.
     for record in records[fit_records:fit_records + evaluate_records]:
         np.testing.assert_allclose(record.moving_mean, after_fit[record.layer], rtol=1e-6)
-    if BACKEND == "jax" and steps_per_execution == 1:
-        assert issued == []
+    if BACKEND in ("jax", "tensorflow") and steps_per_execution == 1:
+        assert issued == []  # every step returned its records
 
 
 def test_a_step_without_records_returns_what_keras_returns():
