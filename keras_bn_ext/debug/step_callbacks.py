@@ -36,6 +36,8 @@ from keras import ops
 
 from keras_bn_ext import backend as backend_ops
 
+_BACKEND = keras.backend.backend()  # fixed for the process
+
 # [(fn, payload)] while a wrapped step is being traced. Per thread: a TF
 # MirroredStrategy traces each replica's step in a thread of its own.
 _state = threading.local()
@@ -150,12 +152,13 @@ def _restorer(dtype):
 
 def wrap_steps(model):
     """Makes `model`'s train/test/predict steps issue one callback each (once
-    per model; `debug.retrace` calls it); on JAX, return their records."""
+    per model; `debug.retrace` calls it); on JAX and TensorFlow, return their
+    records."""
     if getattr(model, "_keras_bn_ext_steps_wrapped", False):
         return
-    if keras.backend.backend() == "jax":
+    if _BACKEND == "jax":
         _return_records_from_jax_steps(model)
-    elif keras.backend.backend() == "tensorflow":
+    elif _BACKEND == "tensorflow":
         _return_records_from_tf_steps(model)
     # JAX's trainer differentiates `compute_loss_and_updates`: the queued
     # values are tracers of that transformation and must be issued inside it
@@ -257,17 +260,17 @@ def _making_records(model, make, attr):
         make(force=force)
         function = getattr(model, attr)
         if function is not None and not hasattr(function, "_keras_bn_ext"):
-            setattr(model, attr, _records_taken_out(function))
+            setattr(model, attr, _records_taken_out(function, _BACKEND == "jax"))
         return getattr(model, attr)
 
     return wrapped
 
 
-def _records_taken_out(function):
+def _records_taken_out(function, returns_state):
     """The step function, taking out the records its steps return: JAX's
-    `function(state, iterator) -> (outputs, state)`, TensorFlow's
-    `function(iterator) -> outputs` (which traces its steps, in this
-    thread, the first time it runs)."""
+    `function(state, iterator) -> (outputs, state)` (`returns_state`),
+    TensorFlow's `function(iterator) -> outputs` (which traces its steps, in
+    this thread, the first time it runs)."""
 
     @functools.wraps(function)
     def wrapped(*args):
@@ -279,8 +282,9 @@ def _records_taken_out(function):
         # This step is dispatched: the device stays busy while the host
         # makes the records of the steps before it.
         make_pending_records()
-        if isinstance(result, tuple):  # JAX: (outputs, state)
-            return (_take_out(result[0]),) + result[1:]
+        if returns_state:
+            outputs, state = result
+            return _take_out(outputs), state
         return _take_out(result)
 
     wrapped._keras_bn_ext = True
@@ -352,7 +356,7 @@ def steps_return_records(model):
     no host callback in them, so TensorFlow may keep XLA while debugging."""
     strategy = getattr(model, "distribute_strategy", None)
     return (
-        keras.backend.backend() in ("jax", "tensorflow")
+        _BACKEND in ("jax", "tensorflow")
         and getattr(strategy, "num_replicas_in_sync", 1) == 1
         and getattr(model, "steps_per_execution", 1) == 1
     )
