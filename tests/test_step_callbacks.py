@@ -225,3 +225,23 @@ def test_jax_train_function_returns_before_its_records_are_made():
         model.train_function(state, iter([(x, x, None)]))
         step_callbacks.flush()  # as does a flush
         assert len(records) == 3
+
+
+def test_a_model_with_two_outputs_keeps_them_whole_with_records():
+    inputs = keras.Input((4,))
+    hidden = keras_bn_ext.BatchNormalization(name="bn")(inputs)
+    model = keras.Model(
+        inputs, [keras.layers.Dense(2)(hidden), keras.layers.Dense(3)(hidden)]
+    )
+    model.compile("sgd", ["mse", "mse"])
+    x = np.random.RandomState(5).normal(size=(8, 4)).astype("float32")
+    targets = [x[:, :2], x[:, :3]]
+    with keras_bn_ext.debug.capture(model) as records:
+        model.fit(x, targets, batch_size=4, epochs=1, shuffle=False, verbose=0)
+        outputs = model.predict(x, batch_size=4, verbose=0)
+        one = model.predict_on_batch(x)
+        logs = model.evaluate(x, targets, batch_size=4, verbose=0, return_dict=True)
+    assert [o.shape for o in outputs] == [(8, 2), (8, 3)]
+    assert [o.shape for o in one] == [(8, 2), (8, 3)]
+    assert not any(key.startswith("_keras_bn_ext") for key in logs)
+    assert [r.branch for r in records] == ["batch"] * 2 + ["moving"] * 5
