@@ -246,6 +246,10 @@ def _return_records_from_jax_steps(model):
     model.train_step = logs_step(model.train_step)
     model.test_step = logs_step(model.test_step)
     model.predict_step = predict_with_records
+    _take_records_out_of_step_functions(model)
+
+
+def _take_records_out_of_step_functions(model):
     for make, attr in (("make_train_function", "train_function"),
                        ("make_test_function", "test_function"),
                        ("make_predict_function", "predict_function")):
@@ -336,10 +340,7 @@ def _return_records_from_tf_steps(model):
     model.train_step = returning(model.train_step, _RECORDS)
     model.test_step = returning(model.test_step, _RECORDS)
     model.predict_step = returning(model.predict_step, _OUTPUTS)
-    for make, attr in (("make_train_function", "train_function"),
-                       ("make_test_function", "test_function"),
-                       ("make_predict_function", "predict_function")):
-        setattr(model, make, _making_records(model, getattr(model, make), attr))
+    _take_records_out_of_step_functions(model)
 
 
 def _returns_records(model, outputs_key):
