@@ -378,6 +378,8 @@ _pending_lock = threading.Lock()
 
 def make_pending_records():
     """Makes the records of every step that returned so far, in order."""
+    if not _pending:
+        return  # every step of a model that once debugged comes here
     if getattr(_state, "making", False):
         return  # a hook flushing from inside a record: the loop goes on
     with _pending_lock:
@@ -401,8 +403,7 @@ class _StepLogs(dict):
     at the step's results, the way a host callback's would be."""
 
     def _read(self):
-        if _pending:
-            make_pending_records()
+        make_pending_records()
 
     def __getitem__(self, key):
         self._read()
